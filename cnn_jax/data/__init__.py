@@ -1,0 +1,1 @@
+"""Datasets: raw IDX files, TFDS builders that need no TensorFlow, device-resident splits."""
