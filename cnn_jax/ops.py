@@ -124,8 +124,9 @@ def _check_fits(fn: str, size, pads, window, dilation, what: str) -> None:
     for axis, n, pad, k, d in zip(("height", "width"), size, pads, window, dilation, strict=True):
         eff = (k - 1) * d + 1
         if eff > n + pad[0] + pad[1]:
+            size = f"{eff} (size {k}, dilation {d})" if d > 1 else f"{k}"
             raise ValueError(
-                f"{fn}: {what} {axis} {eff} (size {k}, dilation {d}) is larger than the padded input {axis} "
+                f"{fn}: {what} {axis} {size} is larger than the padded input {axis} "
                 f"{n + pad[0] + pad[1]}; use padding='SAME', a smaller {what} or a larger input"
             )
 
@@ -182,7 +183,7 @@ def conv2d(
     if c % groups or ki * groups != c:
         raise ValueError(
             f"conv2d: channel mismatch: x has {c} channels, kernel expects in_channels * groups = "
-            f"{ki} * {groups} = {ki * groups}; kernel shape must be (KH, KW, {c // groups if c % groups == 0 else '?'}, O)"
+            f"{ki} * {groups} = {ki * groups}; give the kernel shape (KH, KW, C // groups, O)"
         )
     if o % groups:
         raise ValueError(f"conv2d: kernel out_channels {o} must be divisible by groups {groups}")
@@ -287,7 +288,7 @@ def max_pool(
         y = _tiled(x, win, pads, fill).max(axis=(2, 4))
     else:
         y = lax.reduce_window(
-            x, jnp.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
+            x, np.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
         )
     return y[0] if unbatched else y
 
@@ -318,7 +319,7 @@ def avg_pool(
             count = _tiled(ones, win, pads, 0).sum(axis=(2, 4))
     else:
         def window_sum(v):
-            return lax.reduce_window(v, jnp.array(0, v.dtype), lax.add, (1, *win, 1), (1, *s, 1),
+            return lax.reduce_window(v, np.array(0, v.dtype), lax.add, (1, *win, 1), (1, *s, 1),
                                      ((0, 0), *pads, (0, 0)))
         total = window_sum(x)
         count = None
