@@ -127,7 +127,10 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
         starts = tqdm(starts, desc=f"decoding {what}", unit_scale=_CHUNK, unit="ex")
     for start in starts:
         idx = list(range(start, min(n, start + _CHUNK)))
-        batch = source.__getitems__(idx) if hasattr(source, "__getitems__") else [source[i] for i in idx]
+        try:
+            batch = source.__getitems__(idx)
+        except (AttributeError, TypeError):  # no batched read (e.g. tfds.testing.mock_data's data source)
+            batch = [source[i] for i in idx]
         for j, ex in enumerate(batch):
             image = np.asarray(ex["image"])
             images[start + j] = image.reshape(28, 28, 1) if image.size == 784 else image
@@ -146,7 +149,7 @@ def _decode(name: str, data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- load
 def load(name: str, *, data_dir: str | None = None, source_dir: str | None = None, val_size: int = 5000,
-         seed: int = 0, download: bool = False, progress: bool = False) -> Splits:
+         seed: int = 0, download: bool = False, verify: bool = True, progress: bool = False) -> Splits:
     """Load ``name`` (``fashion_mnist``, ``emnist/digits``; aliases ``emnist_digits``...) as arrays.
 
     Args:
@@ -157,6 +160,8 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
         ``gzip.zip``, a folder holding it, or the ``emnist-digits-*`` IDX files).
       val_size: examples held out of train for validation (seeded by ``seed``; 0 allowed).
       download: allow fetching the official files with TFDS's download manager (checksummed).
+      verify: when preparing from local files, check checksums and expected counts (``False`` for
+        synthetic/custom files; structure is always checked).
       progress: show a tqdm bar while decoding.
 
     Returns:
@@ -170,7 +175,7 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     root = default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=os.fspath(root))
     if not builder.is_prepared():
-        prepare(name, source_dir=source_dir, data_dir=root, download=download)
+        prepare(name, source_dir=source_dir, data_dir=root, download=download, verify=verify)
         builder = tfds.builder(name, data_dir=os.fspath(root))
     if builder.info.file_format is not None and builder.info.file_format.value != "array_record":
         raise DataSourceError(f"{builder.data_path}: prepared as {builder.info.file_format.value}, which "
