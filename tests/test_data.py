@@ -371,3 +371,50 @@ def test_builders_match_stock_tfds():
     assert builders_mod.builder_for("fashion_mnist", "/tmp/unused").info.features["label"].names == \
         tfds.builder("fashion_mnist", data_dir="/tmp/unused").info.features["label"].names
     assert ours.url_infos and EMNIST.urls[0] in ours.url_infos  # registered checksums are used online
+
+
+def test_emnist_stock_orientation_fixed_at_load(tmp_path):
+    """A preparation without our orientation marker (TFDS's stock builder) is transposed when decoded."""
+    path = prepare("emnist/digits", source_dir=make_emnist_zip(tmp_path / "gzip.zip"), data_dir=tmp_path / "d",
+                   verify=False)
+    upright = load("emnist/digits", data_dir=str(tmp_path / "d"), val_size=0)
+    (path / "metadata.json").unlink()  # now looks like a stock preparation (raw, transposed storage)
+    (path / CACHE_NAME).unlink()
+    fixed = load("emnist/digits", data_dir=str(tmp_path / "d"), val_size=0)
+    np.testing.assert_array_equal(fixed.train.images, upright.train.images.transpose(0, 2, 1, 3))
+
+
+def test_to_device(tmp_path):
+    raw = make_fashion_dir(tmp_path / "raw")
+    splits = load("fashion_mnist", data_dir=str(tmp_path / "d"), source_dir=str(raw), val_size=5, verify=False)
+    images, labels = splits.train.to_device()
+    assert images.shape == (25, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(images), splits.train.images)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "emnist/digits"])
+def test_online_path_uses_download_manager(tmp_path, monkeypatch, name):
+    """The download path, with the network and TFDS's download manager faked (no network here)."""
+    if name == "fashion_mnist":
+        raw = make_fashion_dir(tmp_path / "raw")
+        files = {url: raw / url.rsplit("/", 1)[1] for url in FASHION.urls}
+    else:
+        files = {EMNIST.urls[0]: make_emnist_zip(tmp_path / "raw" / "gzip.zip")}
+    requested = []
+
+    def fake_download(self, urls):
+        requested.append(urls)
+        return {k: files[u] for k, u in urls.items()} if isinstance(urls, dict) else files[urls]
+
+    class FakeConnection:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(builders_mod.socket, "create_connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    monkeypatch.setitem(DATASETS, "fashion_mnist", dataclasses.replace(FASHION, default_dirs=()))
+    with pytest.raises(DataSourceError, match="checksum mismatch|examples, expected"):  # verify=True: real sizes
+        load(name, data_dir=str(tmp_path / "d"), download=True)
+    splits = load(name, data_dir=str(tmp_path / "d"), download=True, verify=False, val_size=0)
+    assert len(splits.test) in (10, 12) and requested
+    assert set(files) == (set(requested[0].values()) if isinstance(requested[0], dict) else {requested[0]})

@@ -120,12 +120,12 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
     n = len(source)
     images = np.empty((n, 28, 28, 1), np.uint8)
     labels = np.empty((n,), np.int32)
-    starts = range(0, n, _CHUNK)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"decoding {what}", unit_scale=_CHUNK, unit="ex")
-    for start in starts:
+        bar = tqdm(total=n, desc=f"decoding {what}", unit="ex")
+    for start in range(0, n, _CHUNK):
         idx = list(range(start, min(n, start + _CHUNK)))
         try:
             batch = source.__getitems__(idx)
@@ -135,6 +135,10 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
             image = np.asarray(ex["image"])
             images[start + j] = image.reshape(28, 28, 1) if image.size == 784 else image
             labels[start + j] = ex["label"]
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return images, labels
 
 
