@@ -418,3 +418,16 @@ def test_online_path_uses_download_manager(tmp_path, monkeypatch, name):
     splits = load(name, data_dir=str(tmp_path / "d"), download=True, verify=False, val_size=0)
     assert len(splits.test) in (10, 12) and requested
     assert set(files) == (set(requested[0].values()) if isinstance(requested[0], dict) else {requested[0]})
+
+
+def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    from cnn_jax.data import loading
+
+    def fail(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(loading, "_write_cache", fail)
+    raw = make_fashion_dir(tmp_path / "raw")
+    with pytest.warns(UserWarning, match="cannot write the decoded cache"):
+        splits = load("fashion_mnist", data_dir=str(tmp_path / "d"), source_dir=str(raw), val_size=0, verify=False)
+    assert len(splits.train) == 30

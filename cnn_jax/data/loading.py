@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,11 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
                 images = arrays[f"{split}_images"]
                 arrays[f"{split}_images"] = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
         if fingerprint is not None:
-            _write_cache(cache, fingerprint, arrays)
+            try:
+                _write_cache(cache, fingerprint, arrays)
+            except OSError as e:  # e.g. a read-only shared data dir: still usable, just not cached
+                warnings.warn(f"{cache}: cannot write the decoded cache ({e}); loads will decode again",
+                              stacklevel=2)
     train, val, _ = split_validation(arrays["train_images"], arrays["train_labels"], val_size, seed)
     label = builder.info.features["label"]
     return Splits(train=train, val=val, test=ArraySplit(arrays["test_images"], arrays["test_labels"]),
