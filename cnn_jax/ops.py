@@ -287,7 +287,7 @@ def max_pool(
         y = _tiled(x, win, pads, fill).max(axis=(2, 4))
     else:
         y = lax.reduce_window(
-            x, jnp.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
+            x, np.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
         )
     return y[0] if unbatched else y
 
@@ -318,7 +318,7 @@ def avg_pool(
             count = _tiled(ones, win, pads, 0).sum(axis=(2, 4))
     else:
         def window_sum(v):
-            return lax.reduce_window(v, jnp.array(0, v.dtype), lax.add, (1, *win, 1), (1, *s, 1),
+            return lax.reduce_window(v, np.array(0, v.dtype), lax.add, (1, *win, 1), (1, *s, 1),
                                      ((0, 0), *pads, (0, 0)))
         total = window_sum(x)
         count = None

@@ -23,10 +23,10 @@ def test_lab_cnn_shapes_match_keras_layout():
 def test_bn_cnn_shapes_and_batch_stats():
     model = BNCNN(widths=(8, 16, 32), dense=32)
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     assert "batch_stats" in variables
-    logits, upd = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                              mutable=["batch_stats"])
+    logits, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                                                   mutable=["batch_stats"]))(variables, x)
     assert logits.shape == (4, 10)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"], variables["batch_stats"])
     assert any(jax.tree.leaves(changed))
@@ -62,3 +62,15 @@ def test_registry():
         assert get_model("tiny_lab").dense == 4
     finally:
         MODELS.pop("tiny_lab")
+
+
+@pytest.mark.parametrize("impl", ["native", "im2col"])
+def test_pools_differentiable_under_jit(impl):
+    # regression: native max/avg pool used a traced init value, which broke reverse-mode AD under jit
+    from cnn_jax.ops import avg_pool, max_pool
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+    for pool in (max_pool, avg_pool):
+        for kw in ({"window": 2}, {"window": 3, "stride": 1, "padding": "SAME"}):
+            g = jax.jit(jax.grad(lambda v, pool=pool, kw=kw: pool(v, impl=impl, **kw).sum()))(x)
+            assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
