@@ -19,7 +19,9 @@ class TrainConfig:
     """Everything that defines a training run, except model, data and preprocessing.
 
     ``batch_size`` is the global batch (split over devices). ``steps_per_chunk``: train steps fused in
-    one compiled ``lax.scan`` call (None: a whole epoch). ``parallelism``: ``"none"`` (one device),
+    one compiled ``lax.scan`` call (None: a whole epoch). ``microbatch``: per-device gradient accumulation
+    slice (None: the whole batch at once; see :func:`cnn_jax.steps.train_step`; 32 is fastest for LabCNN
+    on CPU). ``parallelism``: ``"none"`` (one device),
     ``"sharded"`` (``jit`` over a ``Mesh`` data axis) or ``"pmap"``. ``distributed``: call
     ``jax.distributed.initialize`` first (also enabled by env ``CNN_JAX_DISTRIBUTED=1``).
     """
@@ -39,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     parallelism: str = "none"
     steps_per_chunk: int | None = None
+    microbatch: int | None = None
     early_stopping_patience: int | None = None
     distributed: bool = False
 
@@ -49,6 +52,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.batch_size <= 0 or self.eval_batch_size <= 0 or self.epochs < 0:
             raise ValueError("TrainConfig: batch sizes must be positive and epochs non-negative")
+        if self.microbatch is not None and self.microbatch <= 0:
+            raise ValueError(f"TrainConfig.microbatch must be positive or None, got {self.microbatch}")
         if self.steps_per_chunk is not None and self.steps_per_chunk <= 0:
             raise ValueError(f"TrainConfig.steps_per_chunk must be positive or None, "
                              f"got {self.steps_per_chunk}")

@@ -50,29 +50,56 @@ def _apply(model: nn.Module, params, batch_stats, x, train: bool, drop_key=None)
 def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module,
     tx: optax.GradientTransformation, preprocess: Preprocess = default_preprocess,
-    label_smoothing: float = 0.0,
-    compute_dtype: Any = jnp.float32, axis_name: str | None = None,
+    label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32, axis_name: str | None = None,
+    microbatch: int | None = None,
 ) -> tuple[TrainState, tuple[jax.Array, jax.Array, jax.Array]]:
     """One optimizer step on a uint8 batch ``(B, H, W, C)`` with labels ``(B,)``.
 
     Returns ``(new_state, (loss, n_correct, finite))``. If the loss or the gradients are not finite the
     returned state *is* the input state (step not advanced), so the caller keeps the last good state.
     Under ``pmap`` (``axis_name`` set) gradients, loss and counts are reduced over the axis.
+    ``microbatch`` (dividing B): gradients accumulated over ``B // microbatch`` sequential slices (same
+    mean gradient without dropout/batch norm; batch norm then sees micro-batch statistics), which keeps
+    the im2col buffers cache-sized on CPU.
     """
     _, pre_key, drop_key = step_keys(state)
-    x = preprocess(pre_key, images)
+    cast = compute_dtype != jnp.float32
 
-    def loss_fn(params):
-        cast = compute_dtype != jnp.float32
+    def loss_fn(params, batch_stats, x_u8, y, key):
         p = jax.tree.map(lambda a: a.astype(compute_dtype), params) if cast else params
-        logits, new_stats = _apply(model, p, state.batch_stats, x.astype(compute_dtype), True, drop_key)
+        pkey, dkey = (pre_key, drop_key) if key is None else \
+            (jax.random.fold_in(pre_key, key), jax.random.fold_in(drop_key, key))
+        x = preprocess(pkey, x_u8)
+        logits, new_stats = _apply(model, p, batch_stats, x.astype(compute_dtype), True, dkey)
         logits = logits.astype(jnp.float32)
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing) \
-            if label_smoothing else jax.nn.one_hot(labels, logits.shape[-1])
-        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, new_stats)
+        targets = jax.nn.one_hot(y, logits.shape[-1])
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (jnp.sum(jnp.argmax(logits, -1) == y), new_stats)
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    b = images.shape[0]
+    if microbatch is None or microbatch >= b:
+        (loss, (correct, new_stats)), grads = grad_fn(state.params, state.batch_stats, images, labels, None)
+    else:
+        if b % microbatch:
+            raise ValueError(f"microbatch {microbatch} must divide the (per-device) batch {b}")
+        k = b // microbatch
+        xs = images.reshape(k, microbatch, *images.shape[1:])
+        ys = labels.reshape(k, microbatch)
+
+        def body(carry, inp):
+            g_acc, loss_acc, correct_acc, stats = carry
+            i, x, y = inp
+            (loss, (correct, stats)), g = grad_fn(state.params, stats, x, y, i)
+            return (jax.tree.map(jnp.add, g_acc, g), loss_acc + loss, correct_acc + correct, stats), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), state.batch_stats)
+        (grads, loss, correct, new_stats), _ = lax.scan(body, init, (jnp.arange(k), xs, ys))
+        grads = jax.tree.map(lambda g: g / k, grads)
+        loss = loss / k
     if axis_name is not None:
         grads, loss = lax.pmean((grads, loss), axis_name)
         correct = lax.psum(correct, axis_name)

@@ -114,6 +114,7 @@ class Trainer:
         return functools.partial(
             train_step, model=model, tx=self.tx, preprocess=self.preprocess,
             label_smoothing=self.cfg.label_smoothing, compute_dtype=self.compute_dtype, axis_name=axis_name,
+            microbatch=self.cfg.microbatch,
         )
 
     def _build_chunk(self, steps: int):

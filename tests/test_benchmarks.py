@@ -14,4 +14,5 @@ def test_train_step_benchmark_smoke():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("im2col")]
-    assert {r[2] for r in rows} == {"loop", "scan"} and all(float(r[3].replace(",", "")) > 0 for r in rows)
+    assert {r[3] for r in rows} == {"loop", "scan"} and {r[2] for r in rows} == {"-", "4"}
+    assert all(float(r[4].replace(",", "")) > 0 for r in rows)

@@ -135,3 +135,18 @@ def test_early_stopping_and_config_validation():
         TrainConfig(optimizer="lion")
     with pytest.raises(ValueError, match="larger than the training set"):
         Trainer(tiny(), BASE.replace(batch_size=4096), 1024, (28, 28, 1))
+
+
+def test_microbatch_accumulation_matches_full_batch():
+    model = tiny(dropout=0.0)
+    cfg = BASE.replace(optimizer="sgd", lr=0.05, momentum=0.0)  # plain SGD: params move by the gradient
+    out = {}
+    for micro in (None, 16):
+        trainer = Trainer(model, cfg.replace(microbatch=micro), len(TRAIN[0]), TRAIN[0].shape[1:])
+        state, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=4)
+        out[micro] = (jax.tree.map(np.asarray, state.params), float(m["loss_sum"]), int(m["correct"]))
+    chex.assert_trees_all_close(out[None][0], out[16][0], rtol=1e-4, atol=1e-6)
+    assert out[None][1] == pytest.approx(out[16][1], rel=1e-5) and out[None][2] == out[16][2]
+    with pytest.raises(ValueError, match="must divide"):
+        bad = Trainer(model, cfg.replace(microbatch=24), len(TRAIN[0]), TRAIN[0].shape[1:])
+        bad.train_chunk(bad.init_state(), bad.put_data(*TRAIN), steps=1)
