@@ -63,6 +63,8 @@ def train_step(
     the im2col buffers cache-sized on CPU.
     """
     _, pre_key, drop_key = step_keys(state)
+    if axis_name is not None:  # pmap: independent augmentation/dropout per device
+        pre_key, drop_key = (jax.random.fold_in(k, lax.axis_index(axis_name)) for k in (pre_key, drop_key))
     cast = compute_dtype != jnp.float32
 
     def loss_fn(params, batch_stats, x_u8, y, key):
