@@ -50,6 +50,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     p.add_argument("--model", default="bn_cnn")
+    p.add_argument("--widths", type=int, nargs="+", default=None, help="conv stage widths (model default)")
+    p.add_argument("--dropout", type=float, default=None, help="dense dropout (model default)")
+    p.add_argument("--conv-dropout", type=float, default=None, help="bn_cnn conv-stage dropout")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -70,7 +73,9 @@ def main(argv=None) -> None:
                       batch_size=args.batch_size, weight_decay=args.weight_decay, clip=1.0,
                       label_smoothing=args.label_smoothing, microbatch=args.microbatch,
                       steps_per_chunk=args.steps_per_chunk)
-    model = get_model(args.model)
+    kw = {"widths": tuple(args.widths) if args.widths else None, "dropout": args.dropout,
+          "conv_dropout": args.conv_dropout}
+    model = get_model(args.model, **{k: v for k, v in kw.items() if v is not None})
     t0 = time.perf_counter()
     result = fit(model, cfg, train, test, log_path=args.log,
                  preprocess=(lambda k, x: normalize(x)) if args.no_augment else augment,
