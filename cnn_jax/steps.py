@@ -1,0 +1,186 @@
+"""Pure train/eval steps and their ``lax.scan``-fused chunk/epoch versions.
+
+Everything here is a pure function of explicit arguments, to be compiled by :mod:`cnn_jax.parallel`.
+Data are device-resident uint8 images ``(N, H, W, C)`` (NHWC) and int32 labels ``(N,)``; batches are
+gathered by index from an on-device permutation and turned into floats by ``preprocess(key, uint8_batch)``
+inside the compiled function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cnn_jax.train_state import TrainState
+
+__all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys"]
+
+Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
+    """uint8 ``(B, H, W, C)`` -> float32 in ``[0, 1]``; ``key`` unused."""
+    del key
+    return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(shuffle_root, preprocess_key, dropout_key)`` for the state's current step."""
+    shuffle_root, step_root = jax.random.split(state.key)
+    pre_key, drop_key = jax.random.split(jax.random.fold_in(step_root, state.step))
+    return shuffle_root, pre_key, drop_key
+
+
+def _apply(model: nn.Module, params, batch_stats, x, train: bool, drop_key=None):
+    """Logits (and new batch stats when training a model that has them)."""
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    rngs = {"dropout": drop_key} if drop_key is not None else {}
+    if train and batch_stats:
+        logits, updates = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return model.apply(variables, x, train=train, rngs=rngs), batch_stats
+
+
+def train_step(
+    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module,
+    tx: optax.GradientTransformation, preprocess: Preprocess = default_preprocess,
+    label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32, axis_name: str | None = None,
+    microbatch: int | None = None,
+) -> tuple[TrainState, tuple[jax.Array, jax.Array, jax.Array]]:
+    """One optimizer step on a uint8 batch ``(B, H, W, C)`` with labels ``(B,)``.
+
+    Returns ``(new_state, (loss, n_correct, finite))``. If the loss or the gradients are not finite the
+    returned state *is* the input state (step not advanced), so the caller keeps the last good state.
+    Under ``pmap`` (``axis_name`` set) gradients, loss and counts are reduced over the axis.
+    ``microbatch`` (dividing B): gradients accumulated over ``B // microbatch`` sequential slices (same
+    mean gradient without dropout/batch norm; batch norm then sees micro-batch statistics), which keeps
+    the im2col buffers cache-sized on CPU.
+    """
+    _, pre_key, drop_key = step_keys(state)
+    if axis_name is not None:  # pmap: independent augmentation/dropout per device
+        pre_key, drop_key = (jax.random.fold_in(k, lax.axis_index(axis_name)) for k in (pre_key, drop_key))
+    cast = compute_dtype != jnp.float32
+
+    def loss_fn(params, batch_stats, x_u8, y, key):
+        p = jax.tree.map(lambda a: a.astype(compute_dtype), params) if cast else params
+        pkey, dkey = (pre_key, drop_key) if key is None else \
+            (jax.random.fold_in(pre_key, key), jax.random.fold_in(drop_key, key))
+        x = preprocess(pkey, x_u8)
+        logits, new_stats = _apply(model, p, batch_stats, x.astype(compute_dtype), True, dkey)
+        logits = logits.astype(jnp.float32)
+        targets = jax.nn.one_hot(y, logits.shape[-1])
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (jnp.sum(jnp.argmax(logits, -1) == y), new_stats)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    b = images.shape[0]
+    if microbatch is None or microbatch >= b:
+        (loss, (correct, new_stats)), grads = grad_fn(state.params, state.batch_stats, images, labels, None)
+    else:
+        if b % microbatch:
+            raise ValueError(f"microbatch {microbatch} must divide the (per-device) batch {b}")
+        k = b // microbatch
+        xs = images.reshape(k, microbatch, *images.shape[1:])
+        ys = labels.reshape(k, microbatch)
+
+        def body(carry, inp):
+            g_acc, loss_acc, correct_acc, stats = carry
+            i, x, y = inp
+            (loss, (correct, stats)), g = grad_fn(state.params, stats, x, y, i)
+            return (jax.tree.map(jnp.add, g_acc, g), loss_acc + loss, correct_acc + correct, stats), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), state.batch_stats)
+        (grads, loss, correct, new_stats), _ = lax.scan(body, init, (jnp.arange(k), xs, ys))
+        grads = jax.tree.map(lambda g: g / k, grads)
+        loss = loss / k
+    if axis_name is not None:
+        grads, loss = lax.pmean((grads, loss), axis_name)
+        correct = lax.psum(correct, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=new_stats)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return new, (loss, correct, finite)
+
+
+def train_chunk(
+    state: TrainState, images: jax.Array, labels: jax.Array, *, step_fn: Callable, steps: int,
+    steps_per_epoch: int, global_batch: int, local_batch: int | None = None, axis_name: str | None = None,
+    batch_sharding: Any = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``steps`` train steps fused with ``lax.scan``, all within the epoch ``state.step // steps_per_epoch``.
+
+    The epoch's shuffle is ``permutation(fold_in(shuffle_root, epoch), N)``; step ``s`` uses batch
+    ``s % steps_per_epoch`` of it (a final partial batch is dropped). Under ``pmap`` each device takes its
+    ``local_batch`` slice of the global batch; under sharded ``jit`` the batch is constrained to
+    ``batch_sharding``. Returns the new state and summed metrics: ``loss_sum`` (over good steps),
+    ``correct``, ``good_steps``, ``bad_step`` (first non-finite step, or -1).
+    """
+    n = images.shape[0]
+    local_batch = local_batch or global_batch
+    shuffle_root, _, _ = step_keys(state)
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_root, state.step // steps_per_epoch), n)
+    offset = lax.axis_index(axis_name) * local_batch if axis_name is not None else 0
+
+    def body(carry, _):
+        st, loss_sum, correct, good, bad = carry
+        start = (st.step % steps_per_epoch) * global_batch + offset
+        idx = lax.dynamic_slice(perm, (start,), (local_batch,))
+        x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
+        if batch_sharding is not None:
+            x, y = lax.with_sharding_constraint((x, y), batch_sharding)
+        new, (loss, c, ok) = step_fn(st, x, y)
+        bad = jnp.where((bad < 0) & ~ok, st.step, bad)
+        zero = jnp.zeros_like(loss)
+        return (new, loss_sum + jnp.where(ok, loss, zero), correct + jnp.where(ok, c, 0), good + ok,
+                bad), None
+
+    init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.full((), -1, jnp.int32))
+    (state, loss_sum, correct, good, bad), _ = lax.scan(body, init, None, length=steps)
+    return state, {"loss_sum": loss_sum, "correct": correct, "good_steps": good, "bad_step": bad}
+
+
+def evaluate(
+    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module, batch: int,
+    preprocess: Preprocess = default_preprocess, batch_sharding: Any = None,
+) -> dict[str, jax.Array]:
+    """Mean cross-entropy, accuracy and confusion matrix ``(C, C)`` (rows: true, cols: predicted) on all
+    ``N`` examples; the last partial batch is padded (index clamped) and masked out."""
+    n = images.shape[0]
+    num_batches = -(-n // batch)
+    key = jax.random.PRNGKey(0)
+    x_shape = jax.ShapeDtypeStruct((batch, *images.shape[1:]), jnp.float32)
+    num_classes = jax.eval_shape(lambda x: _apply(model, state.params, state.batch_stats, x, False)[0],
+                                 x_shape).shape[-1]
+
+    def body(carry, i):
+        loss_sum, correct, cm = carry
+        idx = i * batch + jnp.arange(batch)
+        mask = idx < n
+        idx = jnp.minimum(idx, n - 1)
+        x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
+        if batch_sharding is not None:
+            x, y, mask = lax.with_sharding_constraint((x, y, mask), batch_sharding)
+        logits, _ = _apply(model, state.params, state.batch_stats, preprocess(key, x), False)
+        logits = logits.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        pred = jnp.argmax(logits, -1)
+        m = mask.astype(jnp.float32)
+        cm = cm + jax.nn.one_hot(y, num_classes, dtype=jnp.int32).T @ (
+            jax.nn.one_hot(pred, num_classes, dtype=jnp.int32) * mask[:, None])
+        return (loss_sum + jnp.sum(losses * m), correct + jnp.sum((pred == y) & mask), cm), None
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((num_classes,) * 2, jnp.int32))
+    (loss_sum, correct, cm), _ = lax.scan(body, init, jnp.arange(num_batches))
+    return {"loss": loss_sum / n, "accuracy": correct / n, "confusion": cm}

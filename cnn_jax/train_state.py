@@ -1,0 +1,85 @@
+"""The training state pytree, the optax optimizer chain and its learning-rate schedule.
+
+:class:`TrainState` holds only arrays (no functions), so one value can be jitted, donated, sharded and
+checkpointed as is; the model and optimizer are kept by the code that steps it (:mod:`cnn_jax.steps`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from cnn_jax.config import TrainConfig
+
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state"]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """``step``: int32 scalar (global train step); ``params``/``batch_stats``: model variables (f32 master
+    weights; ``batch_stats`` is ``{}`` for models without batch norm); ``opt_state``: optax state;
+    ``key``: the run's root PRNG key (``uint32[2]``). Per-step dropout/augment keys and per-epoch shuffles
+    are derived from ``key`` with ``fold_in(step or epoch)``, so a state resumes deterministically."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    batch_stats: Any
+    key: jax.Array
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """``constant`` (after optional linear warmup), ``cosine`` (warmup + cosine decay to 0), ``onecycle``."""
+    total = max(int(total_steps), 1)
+    warm = min(cfg.warmup_steps, total - 1) if total > 1 else 0
+    if cfg.schedule == "constant":
+        if warm == 0:
+            return optax.constant_schedule(cfg.lr)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.lr, warm), optax.constant_schedule(cfg.lr)], [warm]
+        )
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, total, end_value=0.0)
+    pct = warm / total if warm else 0.25
+    return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=pct)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum.
+
+    For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
+    before the optimizer); for ``adamw`` it is decoupled.
+    """
+    lr = make_schedule(cfg, total_steps)
+    parts = []
+    if cfg.clip is not None:
+        parts.append(optax.clip_by_global_norm(cfg.clip))
+    if cfg.optimizer == "adamw":
+        parts.append(optax.adamw(lr, weight_decay=cfg.weight_decay))
+    else:
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        if cfg.optimizer == "adam":
+            parts.append(optax.adam(lr))
+        else:
+            parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
+    return optax.chain(*parts)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int
+) -> TrainState:
+    """Initialise params (from ``input_shape`` = one NHWC example ``(H, W, C)``) and optimizer state."""
+    root = jax.random.PRNGKey(seed)
+    init_key, key = jax.random.split(root)
+    variables = model.init({"params": init_key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        batch_stats=variables.get("batch_stats", {}), key=key,
+    )
