@@ -124,8 +124,9 @@ def _check_fits(fn: str, size, pads, window, dilation, what: str) -> None:
     for axis, n, pad, k, d in zip(("height", "width"), size, pads, window, dilation, strict=True):
         eff = (k - 1) * d + 1
         if eff > n + pad[0] + pad[1]:
+            size = f"{eff} (size {k}, dilation {d})" if d > 1 else f"{k}"
             raise ValueError(
-                f"{fn}: {what} {axis} {eff} (size {k}, dilation {d}) is larger than the padded input {axis} "
+                f"{fn}: {what} {axis} {size} is larger than the padded input {axis} "
                 f"{n + pad[0] + pad[1]}; use padding='SAME', a smaller {what} or a larger input"
             )
 
@@ -182,7 +183,7 @@ def conv2d(
     if c % groups or ki * groups != c:
         raise ValueError(
             f"conv2d: channel mismatch: x has {c} channels, kernel expects in_channels * groups = "
-            f"{ki} * {groups} = {ki * groups}; kernel shape must be (KH, KW, {c // groups if c % groups == 0 else '?'}, O)"
+            f"{ki} * {groups} = {ki * groups}; give the kernel shape (KH, KW, C // groups, O)"
         )
     if o % groups:
         raise ValueError(f"conv2d: kernel out_channels {o} must be divisible by groups {groups}")

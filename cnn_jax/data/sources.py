@@ -1,0 +1,282 @@
+"""Raw dataset files: where to find them, how to read and validate them.
+
+Everything here is plain NumPy + the standard library (no TFDS, no TensorFlow). The readers return
+``{"train": (images, labels), "test": (images, labels)}`` with ``images`` uint8 ``(N, 28, 28)`` in the
+file's own orientation and ``labels`` int64 ``(N,)``. Every failure raises :class:`DataSourceError`
+(or :class:`~cnn_jax.data.idx.IdxError`, both ``ValueError``) naming the offending file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cnn_jax.data.idx import IdxError, parse_idx
+
+__all__ = [
+    "DATASETS",
+    "DataSourceError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "canonical_name",
+    "find_source",
+    "read_source",
+]
+
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+_KINDS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+class DataSourceError(ValueError):
+    """A raw file that is missing, corrupt, inconsistent or fails its checksum."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is neither prepared, nor found locally, nor allowed/able to be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What we know about one dataset's raw files.
+
+    ``files`` maps a kind (``train_images``...) to the IDX gzip file name; ``sha256`` (optional) maps the
+    same kinds to the SHA-256 of the *decompressed* IDX bytes (gzip headers differ between mirrors, e.g.
+    Debian's ``dataset-fashion-mnist`` vs. upstream, the content does not). ``counts`` is the expected
+    ``(train, test)`` size; ``zip_name``/``zip_member_dir`` describe an archive holding the files.
+    """
+
+    name: str
+    files: dict[str, str]
+    counts: tuple[int, int]
+    sha256: dict[str, str] | None = None
+    zip_name: str | None = None
+    zip_member_dir: str = ""
+    zip_sha256: str | None = None
+    zip_size: int | None = None
+    default_dirs: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    apt: str | None = None
+
+
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        files={
+            "train_images": "train-images-idx3-ubyte.gz",
+            "train_labels": "train-labels-idx1-ubyte.gz",
+            "test_images": "t10k-images-idx3-ubyte.gz",
+            "test_labels": "t10k-labels-idx1-ubyte.gz",
+        },
+        counts=(60000, 10000),
+        # SHA-256 of the decompressed IDX files (computed from Debian's dataset-fashion-mnist, whose
+        # content is identical to upstream's; only the gzip headers differ).
+        sha256={
+            "train_images": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "test_images": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        default_dirs=("/usr/share/datasets/fashion-mnist",),
+        urls=tuple(_FASHION_URL + f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")),
+        apt="dataset-fashion-mnist",
+    ),
+    "emnist/digits": DatasetSpec(
+        name="emnist/digits",
+        files={
+            "train_images": "emnist-digits-train-images-idx3-ubyte.gz",
+            "train_labels": "emnist-digits-train-labels-idx1-ubyte.gz",
+            "test_images": "emnist-digits-test-images-idx3-ubyte.gz",
+            "test_labels": "emnist-digits-test-labels-idx1-ubyte.gz",
+        },
+        counts=(240000, 40000),
+        zip_name="gzip.zip",
+        zip_member_dir="gzip/",
+        # TFDS's registered checksum of NIST's gzip.zip (url_checksums/emnist.txt).
+        zip_sha256="fb9bb67e33772a9cc0b895e4ecf36d2cf35be8b709693c3564cea2a019fcda8e",
+        zip_size=561753746,
+        urls=(_EMNIST_URL,),
+    ),
+}
+
+_ALIASES = {
+    "fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
+    "emnist/digits": "emnist/digits", "emnist_digits": "emnist/digits", "emnist-digits": "emnist/digits",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The TFDS name for ``name`` (``fashion_mnist``, ``emnist/digits``); aliases accepted."""
+    key = name.strip().lower().split(":")[0]
+    if key not in _ALIASES:
+        raise ValueError(f"unknown dataset {name!r}; known: fashion_mnist, emnist/digits "
+                         f"(aliases: {', '.join(sorted(_ALIASES))})")
+    return _ALIASES[key]
+
+
+# ------------------------------------------------------------------------------------------ finding
+def _candidates(directory: Path, fname: str) -> list[Path]:
+    stem = fname[:-3] if fname.endswith(".gz") else fname
+    return [directory / fname, directory / stem, directory / "gzip" / fname, directory / "gzip" / stem]
+
+
+def find_source(name: str, source_dir: str | os.PathLike | None) -> Path | None:
+    """A directory (or zip file) holding ``name``'s raw files, or ``None``.
+
+    ``source_dir`` given: it must hold the files (else :class:`DataSourceError` listing what is missing).
+    Not given: the dataset's default locations (e.g. Debian's ``/usr/share/datasets/fashion-mnist``) are
+    tried and ``None`` returned when none has the files.
+    """
+    spec = DATASETS[canonical_name(name)]
+    if source_dir is not None:
+        path = Path(source_dir).expanduser()
+        if not path.exists():
+            raise DataSourceError(f"{path}: no such file or directory (given as the {spec.name} source)")
+        if path.is_file():
+            if spec.zip_name is None:
+                raise DataSourceError(f"{path}: {spec.name} is read from a directory of IDX files "
+                                      f"({', '.join(spec.files.values())}), not a single file")
+            return path
+        if _has_files(spec, path):
+            return path
+        missing = [f for f in spec.files.values() if not any(p.exists() for p in _candidates(path, f))]
+        also = f" and no {spec.zip_name}" if spec.zip_name else ""
+        raise DataSourceError(f"{path}: missing {spec.name} files {', '.join(missing)}{also}")
+    for d in spec.default_dirs:
+        if Path(d).is_dir() and _has_files(spec, Path(d)):
+            return Path(d)
+    return None
+
+
+def _has_files(spec: DatasetSpec, directory: Path) -> bool:
+    if spec.zip_name and (directory / spec.zip_name).is_file():
+        return True
+    return all(any(p.exists() for p in _candidates(directory, f)) for f in spec.files.values())
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _decompress(raw: bytes, where: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise IdxError(f"{where}: corrupt or truncated gzip ({e}); fetch the file again") from e
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_members(spec: DatasetSpec, source: Path | dict[str, Path],
+                  verify: bool) -> dict[str, tuple[str, bytes]]:
+    """``{kind: (where, decompressed IDX bytes)}`` from a directory, a zip archive or ``{kind: path}``."""
+    if isinstance(source, dict):  # {kind: path}, e.g. from TFDS's download manager
+        out = {}
+        for kind in spec.files:
+            path = Path(source[kind])
+            out[kind] = (str(path), _decompress(path.read_bytes(), str(path)))
+        return out
+    zip_path = source if source.is_file() else None
+    if zip_path is None and not all(any(p.exists() for p in _candidates(source, f))
+                                    for f in spec.files.values()):
+        zip_path = source / spec.zip_name  # _has_files said the zip is there
+    out = {}
+    if zip_path is not None:
+        if verify and spec.zip_sha256 and zip_path.stat().st_size == spec.zip_size:
+            digest = _sha256_file(zip_path)
+            if digest != spec.zip_sha256:
+                raise DataSourceError(f"{zip_path}: checksum mismatch (sha256 {digest}, expected "
+                                      f"{spec.zip_sha256}); fetch it again from {spec.urls[0]}")
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                names = set(zf.namelist())
+                for kind, fname in spec.files.items():
+                    member = next((m for m in (spec.zip_member_dir + fname, fname) if m in names), None)
+                    if member is None:
+                        raise DataSourceError(
+                            f"{zip_path}: zip has no member {spec.zip_member_dir + fname} (expected NIST's "
+                            f"layout: {', '.join(spec.zip_member_dir + f for f in spec.files.values())})")
+                    where = f"{zip_path}:{member}"
+                    try:
+                        raw = zf.read(member)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                        raise DataSourceError(f"{where}: cannot read zip member ({e})") from e
+                    out[kind] = (where, _decompress(raw, where))
+        except zipfile.BadZipFile as e:
+            raise DataSourceError(f"{zip_path}: not a valid zip file ({e})") from e
+        return out
+    for kind, fname in spec.files.items():
+        path = next(p for p in _candidates(source, fname) if p.exists())
+        out[kind] = (str(path), _decompress(path.read_bytes(), str(path)))
+    return out
+
+
+def read_source(name: str, source: str | os.PathLike | dict[str, str | os.PathLike], *, verify: bool = True,
+                progress: Callable[[str], None] | None = None) -> Arrays:
+    """Read and validate ``name``'s raw train/test files from ``source`` (directory or zip).
+
+    ``verify=True`` checks the decompressed content's SHA-256 where known (Fashion-MNIST), the official
+    zip's registered SHA-256 (EMNIST, when the zip has the official size) and the expected example
+    counts; ``verify=False`` (tests, custom data) keeps only the structural checks (magic numbers,
+    shapes, image/label counts agree, labels in range).
+    """
+    spec = DATASETS[canonical_name(name)]
+    members = _load_members(spec, source if isinstance(source, dict) else Path(source), verify)
+    arrays: dict[str, np.ndarray] = {}
+    for kind, (where, data) in members.items():
+        if progress:
+            progress(where)
+        if verify and spec.sha256:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != spec.sha256[kind]:
+                raise DataSourceError(f"{where}: checksum mismatch (sha256 of decompressed content {digest}, "
+                                      f"expected {spec.sha256[kind]}); the file is corrupt or not "
+                                      f"{spec.name}'s {kind.replace('_', ' ')}")
+        arr = parse_idx(data, where)
+        want_ndim = 3 if kind.endswith("images") else 1
+        if arr.ndim != want_ndim or arr.dtype != np.uint8 or (want_ndim == 3 and arr.shape[1:] != (28, 28)):
+            what = "(N, 28, 28) images" if want_ndim == 3 else "(N,) labels"
+            raise DataSourceError(f"{where}: expected uint8 {what}, got {arr.dtype} {arr.shape}")
+        arrays[kind] = arr
+    out: Arrays = {}
+    for split, count in zip(("train", "test"), spec.counts, strict=True):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise DataSourceError(f"{members[f'{split}_images'][0]} has {len(images)} images but "
+                                  f"{members[f'{split}_labels'][0]} has {len(labels)} labels")
+        if verify and len(images) != count:
+            raise DataSourceError(f"{members[f'{split}_images'][0]}: {len(images)} examples, expected "
+                                  f"{count} for {spec.name} {split}")
+        if labels.size and labels.max() >= 10:
+            raise DataSourceError(f"{members[f'{split}_labels'][0]}: label {labels.max()} "
+                                  "out of range [0, 10)")
+        out[split] = (images, labels.astype(np.int64))
+    return out
+
+
+def idx_gz_bytes(array: np.ndarray) -> bytes:
+    """Gzipped IDX bytes of a uint8 array (for tests and synthetic data)."""
+    array = np.ascontiguousarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return gzip.compress(header + array.tobytes(), mtime=0)
+
+
+def write_idx_gz(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (for tests and synthetic data)."""
+    Path(path).write_bytes(idx_gz_bytes(array))

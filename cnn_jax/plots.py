@@ -1,0 +1,126 @@
+"""Figures (PNG, matplotlib Agg) for training runs: curves, confusion matrix, predictions, filters.
+
+Every function takes plain arrays / lists, writes one PNG to ``path`` and returns the path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_filters", "plot_feature_maps"]
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
+    """Train vs validation loss and accuracy per epoch; the gap between them is the overfitting.
+
+    ``history``: one mapping per epoch with ``epoch``, ``train_loss``, ``train_accuracy`` and, when there is a
+    validation split, ``val_loss``, ``val_accuracy``.
+    """
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [h.get(f"{split}_{metric}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if history and history[-1].get("val_accuracy") is not None:
+        last = history[-1]
+        gap = last["train_accuracy"] - last["val_accuracy"]
+        axes[1].set_title(f"last epoch: train - val accuracy = {gap:+.3f}", fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+                   title: str = "Confusion matrix (rows: true, columns: predicted)") -> Path:
+    """Row-normalised confusion matrix ``(K, K)`` with counts annotated."""
+    cm = np.asarray(confusion)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), v in np.ndenumerate(cm):
+        ax.text(c, r, f"{v}", ha="center", va="center", fontsize=7, color="white" if rates[r, c] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str],
+                     path: str | os.PathLike, cols: int = 8) -> Path:
+    """A grid of ``(N, H, W, 1)`` images titled ``pred (true)``; mistakes in red."""
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(np.asarray(images[i])[..., 0], cmap="gray")
+        ok = int(predictions[i]) == int(labels[i])
+        ax.set_title(f"{class_names[int(predictions[i])]}\n({class_names[int(labels[i])]})", fontsize=7,
+                     color="black" if ok else "red")
+    wrong = int(np.sum(np.asarray(predictions[:n]) != np.asarray(labels[:n])))
+    fig.suptitle(f"predicted (true); {wrong} of {n} wrong, in red", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_filters(kernel: np.ndarray, path: str | os.PathLike, title: str = "First conv layer filters") -> Path:
+    """The filters of an HWIO kernel ``(KH, KW, C, O)`` (channel-mean), one panel per output channel."""
+    k = np.asarray(kernel, np.float32).mean(axis=2)  # (KH, KW, O)
+    o = k.shape[-1]
+    cols = min(o, 8)
+    rows = -(-o // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows), squeeze=False)
+    lim = float(np.abs(k).max()) or 1.0
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < o:
+            ax.imshow(k[..., i], cmap="coolwarm", vmin=-lim, vmax=lim)
+            ax.set_title(str(i), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_feature_maps(image: np.ndarray, maps: np.ndarray, path: str | os.PathLike,
+                      title: str = "First conv layer feature maps", max_maps: int = 32) -> Path:
+    """An ``(H, W, 1)`` input and its feature maps ``(H', W', O)`` (at most ``max_maps``)."""
+    maps = np.asarray(maps)[..., :max_maps]
+    o = maps.shape[-1] + 1
+    cols = min(o, 9)
+    rows = -(-o // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i == 0:
+            ax.imshow(np.asarray(image)[..., 0], cmap="gray")
+            ax.set_title("input", fontsize=7)
+        elif i < o:
+            ax.imshow(maps[..., i - 1], cmap="viridis")
+            ax.set_title(str(i - 1), fontsize=7)
+    fig.suptitle(f"{title} {maps.shape[0]}x{maps.shape[1]}", fontsize=9)
+    return _save(fig, path)
