@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
 
 __all__ = [
     "CheckpointError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer", "StopSignal",
@@ -111,19 +110,15 @@ class RunCheckpointer:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
-        policy = ocm.AnyPreservationPolicy([
-            ocm.LatestN(keep),
-            ocm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                      keep_checkpoints_without_metrics=False),
-        ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                               enable_async_checkpointing=async_save)
+        self.keep = keep
+        # Retention is ours (:meth:`_prune`): Orbax's BestN forgets metrics when a manager is reopened.
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     # ------------------------------------------------------------------------------------------ read
     def steps(self) -> list[int]:
-        """Steps of the finished checkpoints, oldest first."""
-        self.manager.reload()
+        """Steps of the checkpoints, oldest first. (No ``reload``: it would forget the kept metrics that
+        best-retention needs.)"""
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
@@ -178,20 +173,34 @@ class RunCheckpointer:
     # ----------------------------------------------------------------------------------------- write
     def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None
              ) -> bool:
-        """Save host copies of ``state`` and ``meta`` at ``step`` (async); ``metrics`` feed best-retention."""
+        """Save host copies of ``state`` and ``meta`` (plus ``metrics``, stored in the meta) at ``step``,
+        asynchronously; first waits for the previous save and prunes beyond the retention policy."""
+        self._prune()
         if step in self.steps():
             return False
-        metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v)}
+        metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v) and np.isfinite(v)}
         meta = {**meta, "metrics": metrics}
         return bool(self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_to_host(state)), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics if self.best_metric in metrics else None, force=True))
+            state=ocp.args.PyTreeSave(_to_host(state)), meta=ocp.args.JsonSave(meta)), force=True))
+
+    def _prune(self) -> None:
+        """Keep the latest ``keep`` checkpoints and the best by ``best_metric``; delete the rest."""
+        self.manager.wait_until_finished()
+        steps = self.steps()
+        keep = set(steps[-self.keep:])
+        best = self.best_step()
+        if best is not None:
+            keep.add(best)
+        for s in steps:
+            if s not in keep:
+                self.manager.delete(s)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until pending saves are written, then apply retention."""
+        self._prune()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self._prune()
         self.manager.close()
 
 
