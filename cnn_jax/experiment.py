@@ -84,6 +84,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     g.add_argument("--source-dir", default=None, help="raw files to prepare the dataset from (offline)")
     g.add_argument("--download", action="store_true", help="allow downloading the official files")
+    g.add_argument("--no-verify", action="store_true",
+                   help="skip checksums and expected counts when preparing from --source-dir (custom files)")
     g.add_argument("--val-size", type=int, default=5000, help="validation examples held out of train")
     g.add_argument("--limit", type=int, default=None, help="use only the first N train and N test examples")
     g = p.add_argument_group("run folder and checkpoints")
@@ -116,7 +118,10 @@ def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.Argu
     if args.preset not in PRESETS:
         _fail(parser, f"--preset: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
     preset = PRESETS[args.preset]
-    dataset = canonical_name(dataset)
+    try:
+        dataset = canonical_name(dataset)
+    except ValueError as e:
+        _fail(parser, str(e))
     train = dict(preset["train"])
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("optimizer", "optimizer"),
                       ("lr", "lr"), ("schedule", "schedule"), ("warmup_steps", "warmup_steps"),
@@ -235,7 +240,7 @@ def run(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     splits = load(rc["dataset"], data_dir=args.data_dir, source_dir=args.source_dir, val_size=rc["val_size"],
-                  seed=args.seed, download=args.download)
+                  seed=args.seed, download=args.download, verify=not args.no_verify)
     train, val, test = splits.train, splits.val, splits.test
     if args.limit:
         train, test = (dataclasses.replace(s, images=s.images[:args.limit], labels=s.labels[:args.limit])
