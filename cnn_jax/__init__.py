@@ -35,3 +35,13 @@ __all__ = [
     "register_model",
 ]
 __version__ = "0.1.0"
+
+
+def load(path, which: str | int = "best"):
+    """A trained model from a run folder: ``cnn_jax.load(run_dir).predict(images)``; see :mod:`cnn_jax.inference`."""
+    from cnn_jax.inference import load as _load
+
+    return _load(path, which)
+
+
+__all__ += ["load"]

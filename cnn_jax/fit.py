@@ -28,11 +28,26 @@ Callback = Callable[[int, TrainState, dict[str, Any]], Any]
 
 
 @dataclass
+class EpochProgress:
+    """Running sums of the epoch in progress (saved with a mid-epoch checkpoint, passed back on resume)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class FitResult:
+    """``history``: every epoch's metrics, those passed in included. ``interrupted``: ``should_stop`` ended
+    training mid-run; ``progress`` then holds the partial epoch's sums (None at an epoch boundary)."""
+
     state: TrainState  # as placed by the trainer (replicated for pmap/sharded)
     history: list[dict[str, Any]] = field(default_factory=list)
     trainer: Trainer | None = None
     stopped_early: bool = False
+    interrupted: bool = False
+    progress: EpochProgress | None = None
 
 
 def _chunks(total: int, size: int) -> list[int]:
@@ -45,7 +60,8 @@ def fit(
     val: tuple[np.ndarray, np.ndarray] | None = None, *, preprocess: Preprocess | None = None,
     eval_preprocess: Preprocess | None = None, log_path: str | Path | None = None,
     callbacks: Sequence[Callback] = (), state: TrainState | None = None, progress: bool = True,
-    trainer: Trainer | None = None,
+    trainer: Trainer | None = None, history: Sequence[dict[str, Any]] = (),
+    epoch_progress: EpochProgress | None = None, should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train = (uint8 (N,H,W,C), int (N,))`` for ``cfg.epochs`` epochs.
 
@@ -54,7 +70,10 @@ def fit(
     (:class:`NonFiniteLossError` carries the last good state). After each epoch: validation metrics, a
     line appended to ``log_path`` (JSONL), ``callbacks(epoch, state, metrics)``, and early stopping on val
     accuracy after ``cfg.early_stopping_patience`` epochs without improvement. ``state`` resumes a run
-    (placed as :meth:`Trainer.place_state` does; training continues from its epoch).
+    (placed as :meth:`Trainer.place_state` does; training continues from its step, mid-epoch too), with
+    the earlier epochs' ``history`` and, when it stopped mid-epoch, that epoch's ``epoch_progress``, so the
+    resumed run's history equals an uninterrupted one. ``should_stop()`` is polled after every chunk: when
+    it returns True, training stops there (``result.interrupted``), callbacks are not called.
     """
     parallel.maybe_initialize_distributed(cfg.distributed)
     images, labels = train
@@ -70,14 +89,22 @@ def fit(
     log = Path(log_path) if log_path is not None and is_main else None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-    result = FitResult(state, [], trainer)
+    result = FitResult(state, [dict(h) for h in history], trainer)
     best, since_best = -math.inf, 0
+    for h in result.history:  # early-stopping state of the epochs already done
+        if h.get("val_accuracy") is not None:
+            best, since_best = (h["val_accuracy"], 0) if h["val_accuracy"] > best else (best, since_best + 1)
+    if cfg.early_stopping_patience is not None and since_best >= cfg.early_stopping_patience:
+        result.stopped_early = True
+        return result
     for epoch in range(first_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
         skip = start_step - epoch * spe if epoch == first_epoch else 0
-        bar = tqdm(total=spe * cfg.batch_size, initial=0, unit="img", desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (progress and is_main), leave=False, dynamic_ncols=True)
+        resumed = epoch_progress if skip and epoch_progress is not None else EpochProgress()
+        t0 = time.perf_counter() - resumed.seconds
+        loss_sum, correct, seen = resumed.loss_sum, resumed.correct, resumed.seen
+        bar = tqdm(total=spe * cfg.batch_size, initial=skip * cfg.batch_size, unit="img",
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and is_main), leave=False,
+                   dynamic_ncols=True)
         for steps in _chunks(spe - skip, chunk):
             state, m = trainer.train_chunk(state, train_data, steps)
             trainer.check_finite(state, m)  # the one host sync per chunk
@@ -89,6 +116,12 @@ def fit(
             rate = seen / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss_sum / max(seen // cfg.batch_size, 1):.4f}",
                             acc=f"{correct / max(seen, 1):.4f}", img_s=f"{rate:,.0f}")
+            # Stopped mid-epoch: keep the epoch's running sums for the resumed run.
+            if should_stop is not None and should_stop() and seen // cfg.batch_size < spe:
+                bar.close()
+                result.state, result.interrupted = state, True
+                result.progress = EpochProgress(loss_sum, correct, seen, time.perf_counter() - t0)
+                return result
         bar.close()
         seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
@@ -112,6 +145,9 @@ def fit(
                        f"{val_txt} ({metrics['images_per_s']:,.0f} img/s)")
         result.state = state
         stop = any([cb(epoch + 1, state, metrics) is True for cb in callbacks])
+        if should_stop is not None and should_stop():  # at an epoch boundary, after the epoch's callbacks
+            result.interrupted = True
+            break
         if cfg.early_stopping_patience is not None and val_data is not None:
             if metrics["val_accuracy"] > best:
                 best, since_best = metrics["val_accuracy"], 0

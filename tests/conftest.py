@@ -2,3 +2,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+FASHION_RAW = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_tfds_dir(tmp_path_factory) -> Path:
+    """A TFDS data dir with real Fashion-MNIST prepared (offline, no TF) and its decode cache built."""
+    if not (FASHION_RAW / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real Fashion-MNIST not in {FASHION_RAW} (apt-get install dataset-fashion-mnist)")
+    from cnn_jax.data import load
+
+    data_dir = tmp_path_factory.mktemp("tfds_fashion")
+    load("fashion_mnist", data_dir=str(data_dir), val_size=0)
+    return data_dir

@@ -1,0 +1,212 @@
+"""LabCNN training throughput: cnn_jax vs its peers, side by side in one process and one sitting.
+
+    python benchmarks/peers.py [--batch-sizes 128 512] [--windows 5] [--steps 20] [--json out.json] [--smoke]
+
+Same network (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1 input), same batch, Adam, float32:
+
+* ``cnn_jax``: the package's train step, an epoch chunk fused with ``lax.scan`` over device-resident data;
+* ``flax_example``: the Flax MNIST example's style: ``nnx.Conv``/``nnx.max_pool``, an ``nnx.jit`` step fed host
+  numpy batches from a Python loop;
+* ``torch_eager``: PyTorch eager on the CPU, threads = cores (skipped if torch is not installed:
+  ``pip install torch==2.13.0``).
+
+Each runs after warm-up; runners alternate window by window so drift hits all equally; the median window is
+reported. A GEMM peak (float32 matmul, 2048^2, jit) is measured in the same run; achieved GFLOP/s counts
+3x the forward FLOPs of the network per trained image. Prints a table and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+H = W = 28
+NUM_CLASSES = 10
+
+
+def labcnn_train_flops_per_image() -> float:
+    """3x the forward multiply-adds (x2 FLOPs) of the LabCNN on a 28x28x1 image (~15.8 MFLOP)."""
+    conv1 = 26 * 26 * 32 * (3 * 3 * 1) * 2
+    conv2 = 11 * 11 * 64 * (3 * 3 * 32) * 2
+    dense = (5 * 5 * 64 * 128 + 128 * NUM_CLASSES) * 2
+    return 3.0 * (conv1 + conv2 + dense)
+
+
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a))
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, H, W, 1), dtype=np.uint8), rng.integers(0, NUM_CLASSES, n).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------- runners
+# A runner factory takes (batch, steps) and returns a function that trains `steps` batches and blocks.
+Runner = Callable[[], None]
+
+
+def cnn_jax_runner(batch: int, steps: int) -> Runner:
+    from cnn_jax.benchmarking import labcnn_epoch_runner
+
+    images, labels = synthetic_data(batch * steps)
+    return labcnn_epoch_runner(images, labels, batch_size=batch)
+
+
+def flax_example_runner(batch: int, steps: int) -> Runner:
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), padding="VALID", rngs=rngs)
+            self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), padding="VALID", rngs=rngs)
+            self.dense1 = nnx.Linear(1600, 128, rngs=rngs)
+            self.dropout = nnx.Dropout(0.5, rngs=rngs)
+            self.dense2 = nnx.Linear(128, NUM_CLASSES, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
+            x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
+            x = self.dropout(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+            return self.dense2(x)
+
+    model = CNN(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    images, labels = synthetic_data(batch * steps)
+
+    def run() -> None:
+        loss = None
+        for i in range(steps):  # host numpy batches, as in the example
+            x = images[i * batch:(i + 1) * batch].astype(np.float32) / 255.0
+            loss = train_step(model, optimizer, x, labels[i * batch:(i + 1) * batch])
+        jax.block_until_ready(loss)
+
+    return run
+
+
+def torch_eager_runner(batch: int, steps: int) -> Runner:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, NUM_CLASSES),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    images, labels = synthetic_data(batch * steps)
+    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # NCHW
+    y_all = torch.from_numpy(labels).long()
+
+    def run() -> None:
+        model.train()
+        for i in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_all[i * batch:(i + 1) * batch]), y_all[i * batch:(i + 1) * batch])
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[int, int], Runner]] = {
+    "cnn_jax": cnn_jax_runner,
+    "flax_example": flax_example_runner,
+    "torch_eager": torch_eager_runner,
+}
+
+
+def measure(batch: int, steps: int, windows: int, names: list[str]) -> dict[str, float]:
+    runners = {}
+    for name in names:
+        try:
+            runners[name] = RUNNERS[name](batch, steps)
+        except ImportError as e:
+            print(f"  skipping {name}: {e}")
+    for run in runners.values():  # compile and warm up
+        run()
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(windows):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    return {name: batch * steps / statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--steps", type=int, default=20, help="batches per timed window")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per runner (median reported)")
+    p.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
+    p.add_argument("--json", default=None, help="write the results here (default: print only)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one window: checks the script runs")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.batch_sizes, a.steps, a.windows = [8], 2, 1
+    peak = gemm_peak_gflops(256 if a.smoke else 2048)
+    flops = labcnn_train_flops_per_image()
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""), "gemm_peak_gflops": peak,
+        "train_mflop_per_image": flops / 1e6, "results": [],
+    }
+    print(f"backend={report['backend']} cpus={report['cpu_count']} GEMM peak={peak:.1f} GFLOP/s "
+          f"LabCNN={flops / 1e6:.1f} MFLOP/trained image")
+    print(f"{'batch':>5} {'runner':14} {'images/s':>10} {'vs torch':>9} {'GFLOP/s':>8} {'% peak':>7}")
+    for batch in a.batch_sizes:
+        ips = measure(batch, a.steps, a.windows, a.runners)
+        for name, v in ips.items():
+            ratio = v / ips["torch_eager"] if "torch_eager" in ips else float("nan")
+            gf = v * flops / 1e9
+            row = {"batch": batch, "runner": name, "images_per_s": v, "vs_torch": ratio, "gflops": gf,
+                   "share_of_peak": gf / peak}
+            report["results"].append(row)
+            print(f"{batch:5d} {name:14} {v:10.0f} {ratio:8.2f}x {gf:8.1f} {100 * gf / peak:6.1f}%")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {a.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

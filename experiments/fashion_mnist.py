@@ -1,0 +1,9 @@
+"""Train a CNN on Fashion-MNIST: ``--preset lab`` (the notebook's CNN) or ``--preset best`` (regularised).
+
+    python experiments/fashion_mnist.py --preset best --epochs 30        # --help lists every flag
+"""
+
+from cnn_jax.experiment import main
+
+if __name__ == "__main__":
+    main("fashion_mnist")

@@ -1,0 +1,253 @@
+"""Checkpointing and resume: interrupted runs end bit-identical to uninterrupted ones; retention; refusal
+of another config; damaged checkpoints; device-count changes; load + predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax import TrainConfig, get_model
+from cnn_jax.checkpoint import CheckpointError, RunCheckpointer, StopSignal, config_differences
+from cnn_jax.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
+# Small and quick: 2,000 train images, 15 steps per epoch in chunks of 4, 3 epochs.
+ARGS = ["--epochs", "3", "--limit", "2000", "--val-size", "500", "--steps-per-chunk", "4", "--no-progress"]
+TIMING = ("seconds", "images_per_s")
+
+
+def _env(data_dir: Path, devices: int | None = None) -> dict[str, str]:
+    env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _train(data_dir, workdir, run, *extra, check=True, devices=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run, *extra]
+    out = subprocess.run(cmd, env=_env(data_dir, devices), capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr[-3000:]}")
+    return out
+
+
+def _interrupt(data_dir, workdir, run, sig, after_epochs) -> subprocess.CompletedProcess:
+    """Start a run and send ``sig`` once ``after_epochs`` epochs are in its metrics file."""
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run]
+    proc = subprocess.Popen(cmd, env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(workdir) / run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_epochs:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(run_dir: Path):
+    from cnn_jax.inference import load
+
+    lm = load(run_dir, "latest")
+    return lm.step, jax.tree.leaves(lm.variables)
+
+
+@pytest.fixture(scope="module")
+def reference(fashion_tfds_dir, tmp_path_factory):
+    """An uninterrupted run, the baseline every interrupted one must reproduce."""
+    workdir = tmp_path_factory.mktemp("runs")
+    _train(fashion_tfds_dir, workdir, "ref")
+    return workdir / "ref"
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    (step_a, pa), (step_b, pb) = _params(a), _params(b)
+    assert step_a == step_b == 3 * (2000 // 128)
+    assert all(np.array_equal(x, y) for x, y in zip(pa, pb, strict=True)), "parameters differ"
+    assert _history(a) == _history(b)
+    assert len(_history(b)) == 3
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
+    assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_sigterm_mid_epoch_then_resume_is_bit_identical(fashion_tfds_dir, reference, tmp_path):
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, after_epochs=1)
+    assert out.returncode == 143, out.stderr[-2000:]
+    assert "SIGTERM: saved checkpoint at step" in out.stdout and "resume with the same command" in out.stdout
+    assert not (tmp_path / "run" / "results.json").exists()
+    resumed = _train(fashion_tfds_dir, tmp_path, "run")
+    assert "resuming" in resumed.stdout and "mid-epoch" in resumed.stdout
+    _assert_same_run(reference, tmp_path / "run")
+
+
+def test_sigkill_between_saves_then_resume_is_bit_identical(fashion_tfds_dir, reference, tmp_path):
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGKILL, after_epochs=2)
+    assert out.returncode == -signal.SIGKILL
+    resumed = _train(fashion_tfds_dir, tmp_path, "run")
+    assert "resuming" in resumed.stdout
+    _assert_same_run(reference, tmp_path / "run")
+
+
+def test_other_config_is_refused_and_nothing_is_overwritten(fashion_tfds_dir, reference, tmp_path):
+    run_dir = tmp_path / "ref"
+    import shutil
+
+    shutil.copytree(reference, run_dir)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    out = _train(fashion_tfds_dir, tmp_path, "ref", "--lr", "0.002", "--model", "bn_cnn", check=False)
+    assert out.returncode != 0
+    assert "train.lr: saved 0.001, now 0.002" in out.stderr and "model: saved 'lab_cnn', now 'bn_cnn'" in out.stderr
+    assert "--new-run" in out.stderr
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    # a runtime-only change (chunk size) is not a different run
+    assert config_differences({"train": {"steps_per_chunk": 4, "lr": 1}}, {"train": {"steps_per_chunk": 9, "lr": 1}}) \
+        == []
+
+
+def test_new_run_starts_beside_and_resume_flag_needs_checkpoints(fashion_tfds_dir, tmp_path):
+    out = _train(fashion_tfds_dir, tmp_path, "fresh", "--resume", check=False)
+    assert out.returncode == 2 and "--resume: no checkpoints" in out.stderr
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_load_and_predict_reproduce_saved_accuracy(fashion_tfds_dir, reference):
+    from cnn_jax import load
+    from cnn_jax.data import load as load_data
+
+    results = json.loads((reference / "results.json").read_text())
+    test = load_data("fashion_mnist", data_dir=str(fashion_tfds_dir), val_size=0).test
+    images, labels = test.images[:2000], test.labels[:2000]
+    lm = load(reference, "latest")
+    pred = lm.predict(images)
+    assert pred.shape == (2000,)
+    assert float(np.mean(pred == labels)) == pytest.approx(results["test_accuracy"], abs=1e-6)
+    np.testing.assert_array_equal(lm.predict(images[:50].astype(np.float32) / 255.0), pred[:50])  # float input
+    assert int(lm.predict(images[0, ..., 0])) == pred[0]  # one (H, W) image
+    assert lm.logits(images[:3]).shape == (3, 10)
+    with pytest.raises(ValueError, match="images must be"):
+        lm.predict(np.zeros((2, 32, 32, 1), np.uint8))
+    best = load(reference)  # best by validation accuracy
+    assert best.meta["metrics"]["val_accuracy"] == max(h["val_accuracy"] for h in _history(reference))
+
+
+def test_evaluate_command(fashion_tfds_dir, reference):
+    out = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(reference), "--which", "latest"],
+                         env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["num_test"] == 10000 and 0.6 < report["test_accuracy"] <= 1
+    bad = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(reference.parent / "nope")],
+                         env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "not a cnn_jax run folder" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------- RunCheckpointer
+def _small_state():
+    trainer = Trainer(get_model("lab_cnn", widths=(4, 8), dense=16), TrainConfig(batch_size=8), 64, (28, 28, 1))
+    return trainer, trainer.host_state(trainer.init_state())
+
+
+def test_retention_keeps_latest_n_and_best(tmp_path):
+    trainer, state = _small_state()
+    ck = RunCheckpointer(tmp_path / "ck", keep=2)
+    for step, acc in [(10, 0.5), (20, 0.9), (30, 0.6), (40, 0.7), (50, None)]:
+        ck.save(step, state, {"step": step}, {"val_accuracy": acc} if acc is not None else None)
+    ck.wait()
+    assert ck.steps() == [20, 40, 50]  # best (0.9 at 20) + the latest two
+    assert ck.best_step() == 20
+    restored = ck.restore(state)
+    assert restored.step == 50 and restored.meta["step"] == 50
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state),
+                                                    strict=True))
+    ck.close()
+
+
+def test_damaged_latest_falls_back_with_a_warning(tmp_path):
+    trainer, state = _small_state()
+    ck = RunCheckpointer(tmp_path / "ck", keep=3)
+    for step in (1, 2, 3):
+        ck.save(step, state, {"step": step})
+    ck.wait()
+    for f in (tmp_path / "ck" / "3" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match=r"ck/3 is damaged .* falling back"):
+        assert ck.restore(state).step == 2
+    for step in (1, 2):  # every one damaged: a clear error, not a traceback from the depths
+        for f in (tmp_path / "ck" / str(step) / "state").rglob("*"):
+            if f.is_file():
+                f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CheckpointError, match="no usable checkpoint"):
+            ck.restore(state)
+    ck.close()
+
+
+def test_stop_signal_sets_a_flag():
+    with StopSignal() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() and stop.requested == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+DEVICE_SWITCH = textwrap.dedent("""
+    import jax, numpy as np
+    from cnn_jax import TrainConfig, get_model, fit
+    from cnn_jax.checkpoint import RunCheckpointer
+    from cnn_jax.trainer import Trainer
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 512).astype(np.int32)
+    x = (rng.random((512, 28, 28, 1)) * 60 + y[:, None, None, None] * 19).astype(np.uint8)
+    model = get_model("lab_cnn", widths=(4, 8), dense=16, dropout=0.0)
+    def cfg(par, epochs):
+        return TrainConfig(batch_size=64, epochs=epochs, parallelism=par)
+    def train(first, second, path):
+        r1 = fit(model, cfg(first, 1), (x, y), progress=False)
+        ck = RunCheckpointer(path)
+        ck.save(1, r1.trainer.host_state(r1.state), {})
+        ck.wait()
+        trainer = Trainer(model, cfg(second, 2), len(x), (28, 28, 1))
+        restored = ck.restore(trainer.host_state(trainer.init_state()))
+        r2 = fit(model, cfg(second, 2), (x, y), progress=False, state=trainer.place_state(restored.state),
+                 trainer=trainer)
+        return r2.trainer.host_state(r2.state)
+    ref = fit(model, cfg("none", 2), (x, y), progress=False)
+    ref = ref.trainer.host_state(ref.state)
+    for first, second in (("sharded", "none"), ("none", "sharded"), ("pmap", "none")):
+        got = train(first, second, "TMPDIR_/" + first + "-" + second)
+        assert int(got.step) == int(ref.step) == 16, got.step
+        for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(got.params)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        print(first, "->", second, "ok")
+""")
+
+
+def test_restore_onto_another_device_count(tmp_path):
+    """Saved on 8 (fake CPU) devices, resumed on 1, and the reverse: same parameters as one device."""
+    code = DEVICE_SWITCH.replace("TMPDIR_", str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path, devices=8), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("ok") == 3

@@ -1,0 +1,104 @@
+"""The experiment scripts end to end with tiny budgets: outputs, consistency, figures, bad flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_data import make_emnist_zip
+
+from cnn_jax.experiment import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "2", "--limit", "1000", "--val-size", "300", "--no-progress"]
+FIGURES = {"curves.png", "confusion.png", "predictions.png", "filters.png", "feature_maps.png"}
+
+
+def _check_run(run_dir: Path, epochs: int) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert len(history) == results["epochs"] == epochs
+    assert results["train_accuracy"] == history[-1]["train_accuracy"]
+    assert results["val_accuracy"] == history[-1]["val_accuracy"]
+    best = max(history, key=lambda h: h["val_accuracy"])
+    assert (results["best_epoch"], results["best_val_accuracy"]) == (best["epoch"], best["val_accuracy"])
+    cm = np.array(results["confusion_matrix"])
+    assert cm.sum() == results["num_test"]
+    assert np.trace(cm) / cm.sum() == pytest.approx(results["test_accuracy"], abs=1e-6)
+    per_class = np.diag(cm) / cm.sum(1).clip(1)
+    assert list(results["per_class_accuracy"].values()) == pytest.approx(per_class.tolist())
+    assert results["device_count"] >= 1 and results["versions"]["jax"]
+    assert config["dataset"] == results["dataset"]
+    assert {Path(p).name for p in results["figures"]} == FIGURES
+    for name in FIGURES:
+        with Image.open(run_dir / "figures" / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    return results
+
+
+def test_fashion_mnist_lab_end_to_end(fashion_tfds_dir, tmp_path, capsys):
+    results = run("fashion_mnist", [*TINY, "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)])
+    assert "new run in" in capsys.readouterr().out
+    _check_run(tmp_path / "lab", 2)
+    assert results["preset"] == "lab" and results["model"] == "lab_cnn"
+    assert 0.5 < results["test_accuracy"] <= 1.0  # 1,000 images x 2 epochs: well above chance (0.1)
+
+
+def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "fashion_mnist.py"), "--preset", "best", *TINY,
+           "--widths", "8", "16", "16", "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT),
+                                                                               "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = _check_run(tmp_path / "best", 2)
+    config = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert config["model"] == "bn_cnn" and config["model_kwargs"]["widths"] == [8, 16, 16]
+    assert config["augment"] == ["translate", "flip"] and results["preset"] == "best"
+
+
+def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
+    zip_path = make_emnist_zip(tmp_path / "nist" / "gzip.zip", n_train=300, n_test=100)
+    results = run("emnist/digits", ["--epochs", "1", "--batch-size", "32", "--val-size", "50", "--no-progress",
+                                    "--source-dir", str(zip_path), "--no-verify", "--data-dir", str(tmp_path / "tfds"),
+                                    "--workdir", str(tmp_path / "runs")])
+    _check_run(tmp_path / "runs" / "lab", 1)
+    assert results["dataset"] == "emnist/digits" and results["num_test"] == 100
+    with pytest.raises(SystemExit):  # flip is refused for digits
+        run("emnist_digits", ["--augment", "flip", "--workdir", str(tmp_path / "runs2")])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--epochs", "-1"], "--epochs must be >= 0"),
+    (["--preset", "huge"], "--preset: unknown preset 'huge'"),
+    (["--model", "resnet9000"], "--model: unknown model"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--augment", "rotate"], "--augment: unknown ['rotate']"),
+    (["--workdir", "/etc/hostname/runs"], "is a file, not a folder"),
+    (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+])
+def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "fashion_mnist.py"), *args,
+           *([] if "--workdir" in args else ["--workdir", str(tmp_path)]), "--data-dir", str(tmp_path / "none")]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("fashion_mnist.py: error:") or "error:" in out.stderr
+    assert time.perf_counter() - t < 60
+    assert not list(tmp_path.glob("*/config.json"))  # no work started
+
+
+def test_unknown_dataset_and_missing_data(tmp_path):
+    with pytest.raises(SystemExit):
+        run("cifar10", ["--workdir", str(tmp_path)])
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "emnist_digits.py"), "--workdir", str(tmp_path),
+                          "--data-dir", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT)})
+    assert out.returncode == 1 and "error: " in out.stderr and "gzip.zip" in out.stderr
