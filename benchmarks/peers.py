@@ -4,7 +4,9 @@
 
 Same network (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1 input), same batch, Adam, float32:
 
-* ``cnn_jax``: the package's train step, an epoch chunk fused with ``lax.scan`` over device-resident data;
+* ``cnn_jax``: the package's train step, ``steps`` steps fused with ``lax.scan`` over device-resident data,
+  with ``microbatch=32`` (in-step gradient accumulation, cache-sized im2col buffers); ``cnn_jax_full_batch``
+  without it;
 * ``flax_example``: the Flax MNIST example's style: ``nnx.Conv``/``nnx.max_pool``, an ``nnx.jit`` step fed host
   numpy batches from a Python loop;
 * ``torch_eager``: PyTorch eager on the CPU, threads = cores (skipped if torch is not installed:
@@ -33,7 +35,7 @@ import numpy as np
 import optax
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 H = W = 28
 NUM_CLASSES = 10
@@ -69,11 +71,30 @@ def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 Runner = Callable[[], None]
 
 
-def cnn_jax_runner(batch: int, steps: int) -> Runner:
-    from cnn_jax.benchmarking import labcnn_epoch_runner
+def _cnn_jax(batch: int, steps: int, microbatch: int | None) -> Runner:
+    from cnn_jax import TrainConfig, Trainer, get_model
 
     images, labels = synthetic_data(batch * steps)
-    return labcnn_epoch_runner(images, labels, batch_size=batch)
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, steps_per_chunk=steps,
+                      microbatch=microbatch if microbatch and batch % microbatch == 0 and batch > microbatch else None)
+    trainer = Trainer(get_model("lab_cnn"), cfg, len(images), (H, W, 1))
+    data = trainer.put_data(images, labels)  # device-resident uint8; shuffle/batch/scale inside the scan
+    box = [trainer.init_state()]
+
+    def run() -> None:
+        box[0], metrics = trainer.train_chunk(box[0], data, steps)  # one compiled lax.scan over `steps` steps
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def cnn_jax_runner(batch: int, steps: int) -> Runner:
+    """The package's default CPU setting: gradient accumulation over 32-image slices inside the step."""
+    return _cnn_jax(batch, steps, microbatch=32)
+
+
+def cnn_jax_full_batch_runner(batch: int, steps: int) -> Runner:
+    return _cnn_jax(batch, steps, microbatch=None)
 
 
 def flax_example_runner(batch: int, steps: int) -> Runner:
@@ -147,6 +168,7 @@ def torch_eager_runner(batch: int, steps: int) -> Runner:
 
 RUNNERS: dict[str, Callable[[int, int], Runner]] = {
     "cnn_jax": cnn_jax_runner,
+    "cnn_jax_full_batch": cnn_jax_full_batch_runner,
     "flax_example": flax_example_runner,
     "torch_eager": torch_eager_runner,
 }

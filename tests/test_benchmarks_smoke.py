@@ -13,3 +13,15 @@ def test_primitives_benchmark_smoke(capsys):
     assert set(results) == {(m, i) for m in ("jit", "scan") for i in ("native", "im2col")}
     assert all(v > 0 for v in results.values())
     assert "vs native" in capsys.readouterr().out
+
+
+def test_peers_benchmark_smoke(tmp_path, capsys):
+    out = tmp_path / "peers.json"
+    report = runpy.run_path(str(ROOT / "benchmarks" / "peers.py"), run_name="bench")["main"](
+        ["--smoke", "--runners", "cnn_jax", "flax_example", "torch_eager", "--json", str(out)])
+    runners = {r["runner"] for r in report["results"]}
+    assert {"cnn_jax", "flax_example"} <= runners  # torch_eager only where torch is installed
+    assert all(r["images_per_s"] > 0 and r["gflops"] > 0 for r in report["results"])
+    assert report["gemm_peak_gflops"] > 0 and 15 < report["train_mflop_per_image"] < 17
+    assert __import__("json").loads(out.read_text())["results"] == report["results"]
+    assert "% peak" in capsys.readouterr().out
