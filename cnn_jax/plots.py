@@ -10,12 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_filters", "plot_feature_maps"]
+__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_filters", "plot_feature_maps",
+           "plot_comparison"]
 
 
 def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -123,4 +125,31 @@ def plot_feature_maps(image: np.ndarray, maps: np.ndarray, path: str | os.PathLi
             ax.imshow(maps[..., i - 1], cmap="viridis")
             ax.set_title(str(i - 1), fontsize=7)
     fig.suptitle(f"{title} {maps.shape[0]}x{maps.shape[1]}", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,
+                    title: str = "") -> Path:
+    """Several runs on shared axes: validation accuracy, validation loss, and the train - val accuracy gap
+    (the overfitting) per epoch. ``histories``: run name -> its per-epoch metrics (``metrics.jsonl`` lines)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    panels = (("validation accuracy", lambda h: h.get("val_accuracy")),
+              ("validation loss", lambda h: h.get("val_loss")),
+              ("train - val accuracy (gap)",
+               lambda h: None if h.get("val_accuracy") is None or h.get("train_accuracy") is None
+               else h["train_accuracy"] - h["val_accuracy"]))
+    for ax, (label, value) in zip(axes, panels, strict=True):
+        for i, (name, history) in enumerate(histories.items()):
+            epochs = [h["epoch"] for h in history]
+            values = [value(h) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], "-o", ms=3, color=f"C{i}", label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[2].axhline(0, color="gray", lw=0.8)
+    fig.suptitle(title)
     return _save(fig, path)

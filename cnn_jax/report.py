@@ -1,0 +1,357 @@
+"""Compare finished runs: a Markdown report with a side-by-side table, per-class weaknesses, a conclusion
+computed from the numbers, and a figure (validation accuracy, validation loss and train - val gap per epoch).
+
+    python experiments/compare.py checkpoints/fashion_mnist/lab checkpoints/fashion_mnist/best --out report.md
+
+A run folder is what ``experiments/<dataset>.py`` writes: ``results.json`` (final metrics) and ``metrics.jsonl``
+(one line per epoch). The figure is written beside the report, with the same name and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ReportError", "Run", "read_run", "summarize", "conclusion", "render", "write_report", "main"]
+
+#: Differences below this many accuracy points (percent) count as a tie.
+TIE_POINTS = 0.1
+#: Gap growth (points, last epochs vs first) below which a run is not said to overfit increasingly.
+GAP_GROWTH_POINTS = 0.5
+#: Relative rise of the validation loss above its minimum that counts as "rising again".
+VAL_LOSS_RISE = 0.01
+
+
+class ReportError(ValueError):
+    """A problem with the inputs or the output path, said in one line."""
+
+
+@dataclass
+class Run:
+    """One finished run: its folder, ``results.json`` and ``metrics.jsonl`` history."""
+
+    path: Path
+    results: dict[str, Any]
+    history: list[dict[str, Any]]
+    name: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def read_run(path: str | os.PathLike) -> Run:
+    """Read a run folder; :class:`ReportError` if it is not a finished run."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a folder; expected a run folder with results.json and metrics.jsonl")
+    missing = [f for f in ("results.json", "metrics.jsonl") if not (path / f).is_file()]
+    if missing:
+        hint = (" (the run has not finished: resume it with the same experiment command first)"
+                if missing == ["results.json"] else "")
+        raise ReportError(f"{path}: not a run folder, no {' or '.join(missing)}{hint}")
+    results = _read_json(path / "results.json")
+    if not isinstance(results, dict) or "test_accuracy" not in results:
+        raise ReportError(f"{path / 'results.json'}: not a cnn_jax results file (no test_accuracy)")
+    history = []
+    try:
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        history = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path / 'metrics.jsonl'}: unreadable ({type(e).__name__})") from e
+    if not history:
+        raise ReportError(f"{path / 'metrics.jsonl'}: empty, the run has no finished epoch")
+    return Run(path, results, history)
+
+
+def _names(paths: Sequence[Path]) -> list[str]:
+    """Short distinct names: the folder name, or as many trailing path parts as needed to tell them apart."""
+    parts = [p.resolve().parts for p in paths]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def _gap(h: dict[str, Any]) -> float | None:
+    if h.get("train_accuracy") is None or h.get("val_accuracy") is None:
+        return None
+    return h["train_accuracy"] - h["val_accuracy"]
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """The numbers the table and the conclusion use (accuracies as fractions, as in ``results.json``)."""
+    r, hist = run.results, run.history
+    gaps = [g for g in (_gap(h) for h in hist) if g is not None]
+    k = max(1, len(gaps) // 3)  # the first and last third of the epochs (one epoch each for short runs)
+    val_losses = [(h["epoch"], h["val_loss"]) for h in hist if h.get("val_loss") is not None]
+    per_class = r.get("per_class_accuracy") or {}
+    s = {
+        "dataset": r.get("dataset"), "preset": r.get("preset"), "model": r.get("model"),
+        "epochs": r.get("epochs", len(hist)),
+        "train_accuracy": r.get("train_accuracy"), "val_accuracy": r.get("val_accuracy"),
+        "test_accuracy": r.get("test_accuracy"), "test_loss": r.get("test_loss"),
+        "gap": None if r.get("train_accuracy") is None or r.get("val_accuracy") is None
+        else r["train_accuracy"] - r["val_accuracy"],
+        "best_epoch": r.get("best_epoch"), "best_val_accuracy": r.get("best_val_accuracy"),
+        "wall_seconds": r.get("wall_seconds"), "images_per_s": r.get("images_per_s"),
+        "gap_first": sum(gaps[:k]) / k if gaps else None, "gap_last": sum(gaps[-k:]) / k if gaps else None,
+        "gap_window": k,
+        "worst_classes": sorted(per_class.items(), key=lambda kv: kv[1])[:3],
+        "per_class_accuracy": per_class,
+    }
+    s["gap_growth"] = None if not gaps or len(gaps) < 2 else s["gap_last"] - s["gap_first"]
+    if val_losses:
+        min_epoch, min_loss = min(val_losses, key=lambda e: e[1])
+        last_epoch, last_loss = val_losses[-1]
+        s.update(val_loss_min_epoch=min_epoch, val_loss_min=min_loss, val_loss_last=last_loss,
+                 val_loss_last_epoch=last_epoch,
+                 val_loss_rises=last_epoch != min_epoch and last_loss > min_loss * (1 + VAL_LOSS_RISE))
+    return s
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.1f} point{'' if round(100 * x, 1) == 1 else 's'}"
+
+
+def _accuracy_key(run: Run) -> tuple[str, float]:
+    return "test", run.summary["test_accuracy"]
+
+
+def _accuracy_sentences(runs: list[Run]) -> list[str]:
+    ranked = sorted(runs, key=lambda r: r.summary["test_accuracy"], reverse=True)
+    top, second, last = ranked[0], ranked[1], ranked[-1]
+    diff = top.summary["test_accuracy"] - second.summary["test_accuracy"]
+    out = []
+    if diff * 100 < TIE_POINTS:
+        out.append(f"{top.name} and {second.name} are equally accurate on the test set "
+                   f"({_pct(top.summary['test_accuracy'])}% vs {_pct(second.summary['test_accuracy'])}%, "
+                   f"less than {TIE_POINTS} points apart).")
+    else:
+        out.append(f"{top.name} is the most accurate run: {_pct(top.summary['test_accuracy'])}% test accuracy, "
+                   f"{_pts(diff)} ahead of {second.name} ({_pct(second.summary['test_accuracy'])}%).")
+        n1, n2 = top.results.get("num_test"), second.results.get("num_test")
+        if n1 and n2:
+            p1, p2 = top.summary["test_accuracy"], second.summary["test_accuracy"]
+            se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+            if diff < 2 * se:
+                out.append(f"With {min(n1, n2)} test images that margin is within noise (two standard errors are "
+                           f"{_pts(2 * se)}).")
+            else:
+                out.append(f"With {min(n1, n2)} test images that is {diff / se:.1f} standard errors, "
+                           "more than noise.")
+    if len(ranked) > 2:
+        out.append(f"The least accurate is {last.name} with {_pct(last.summary['test_accuracy'])}%, "
+                   f"{_pts(top.summary['test_accuracy'] - last.summary['test_accuracy'])} behind {top.name}.")
+    with_val = [r for r in runs if r.summary.get("best_val_accuracy") is not None]
+    if len(with_val) == len(runs):
+        best_val = max(runs, key=lambda r: r.summary["best_val_accuracy"])
+        if best_val is not top and diff * 100 >= TIE_POINTS:
+            out.append(f"Validation disagrees: {best_val.name} reached the highest validation accuracy "
+                       f"({_pct(best_val.summary['best_val_accuracy'])}%), not {top.name}.")
+    datasets = {r.summary["dataset"] for r in runs}
+    if len(datasets) > 1:
+        out.append(f"The runs are on different datasets ({', '.join(sorted(map(str, datasets)))}), "
+                   "so their accuracies are not directly comparable.")
+    return out
+
+
+def _overfitting_sentences(runs: list[Run]) -> list[str]:
+    out = []
+    growing = [r for r in runs if r.summary.get("gap_growth") is not None]
+    if growing:
+        ranked = sorted(growing, key=lambda r: r.summary["gap_growth"], reverse=True)
+        worst = ranked[0]
+        s = worst.summary
+        k = s["gap_window"]
+        span = "epoch" if k == 1 else f"{k} epochs"
+        if s["gap_growth"] * 100 < GAP_GROWTH_POINTS:
+            out.append(f"No run overfits increasingly: the train - val accuracy gap grows by at most "
+                       f"{100 * s['gap_growth']:+.1f} points from the first {span} to the last ({worst.name}).")
+        else:
+            others = "; ".join(f"{r.name} {100 * r.summary['gap_first']:+.1f} -> {100 * r.summary['gap_last']:+.1f}"
+                               for r in ranked[1:])
+            out.append(f"{worst.name} overfits more: its train - val accuracy gap grows from "
+                       f"{100 * s['gap_first']:+.1f} points in the first {span} to {100 * s['gap_last']:+.1f} in "
+                       f"the last ({100 * s['gap_growth']:+.1f}), against {others}.")
+    gaps = [r for r in runs if r.summary.get("gap") is not None]
+    if len(gaps) >= 2:
+        hi = max(gaps, key=lambda r: r.summary["gap"])
+        lo = min(gaps, key=lambda r: r.summary["gap"])
+        if hi is not lo:
+            out.append(f"At the end the widest gap is {hi.name}'s ({100 * hi.summary['gap']:+.1f} points) and the "
+                       f"narrowest {lo.name}'s ({100 * lo.summary['gap']:+.1f}); a negative gap means dropout or "
+                       "augmentation make the training batches harder than the validation set.")
+    rising = [r for r in runs if r.summary.get("val_loss_rises")]
+    falling = [r for r in runs if "val_loss_rises" in r.summary and not r.summary["val_loss_rises"]]
+    for r in rising:
+        s = r.summary
+        out.append(f"The validation loss of {r.name} rises after its minimum ({s['val_loss_min']:.4f} at epoch "
+                   f"{s['val_loss_min_epoch']}) to {s['val_loss_last']:.4f} at epoch {s['val_loss_last_epoch']} "
+                   f"({100 * (s['val_loss_last'] / s['val_loss_min'] - 1):+.0f}%), a classic sign of overfitting: "
+                   "training longer makes it worse, an earlier checkpoint (the best one) is the one to keep.")
+    if falling:
+        names = " and ".join(r.name for r in falling)
+        which = "its run's" if len(falling) == 1 else "each run's"
+        out.append(f"The validation loss of {names} does not rise after its minimum (the last epoch is within "
+                   f"{100 * VAL_LOSS_RISE:.0f}% of {which} lowest), so no overfitting by that sign; more epochs may "
+                   "still help.")
+    return out
+
+
+def _class_sentences(runs: list[Run]) -> list[str]:
+    if any(not r.summary["per_class_accuracy"] for r in runs):
+        return []
+    names = [list(r.summary["per_class_accuracy"]) for r in runs]
+    if any(n != names[0] for n in names):
+        hardest = "; ".join(f"{r.name}: {r.summary['worst_classes'][0][0]}" for r in runs)
+        return [f"The runs have different classes; the hardest class of each: {hardest}."]
+    mean = {c: sum(r.summary["per_class_accuracy"][c] for r in runs) / len(runs) for c in names[0]}
+    hardest = sorted(mean, key=mean.get)[:2]
+    common = set.intersection(*({c for c, _ in r.summary["worst_classes"]} for r in runs))
+    out = []
+    accs = " / ".join(f"{_pct(r.summary['per_class_accuracy'][hardest[0]], 1)}%" for r in runs)
+    sentence = (f"The hardest class is {hardest[0]} (accuracy {accs} in {' / '.join(r.name for r in runs)}), "
+                f"followed by {hardest[1]} ({_pct(mean[hardest[1]], 1)}% on average)")
+    if common:
+        sentence += (f"; {' and '.join(sorted(common, key=mean.get))} "
+                     f"{'is' if len(common) == 1 else 'are'} among the three worst classes of every run.")
+    else:
+        sentence += "; the runs have no worst-three class in common."
+    out.append(sentence)
+    diffs = {c: [r.summary["per_class_accuracy"][c] for r in runs] for c in names[0]}
+    c = max(diffs, key=lambda c: max(diffs[c]) - min(diffs[c]))
+    spread = max(diffs[c]) - min(diffs[c])
+    if spread * 100 >= TIE_POINTS:
+        best = runs[diffs[c].index(max(diffs[c]))]
+        worst = runs[diffs[c].index(min(diffs[c]))]
+        out.append(f"The runs differ most on {c}: {best.name} gets {_pct(max(diffs[c]), 1)}%, "
+                   f"{worst.name} {_pct(min(diffs[c]), 1)}%.")
+    return out
+
+
+def _speed_sentences(runs: list[Run]) -> list[str]:
+    timed = [r for r in runs if r.summary.get("images_per_s")]
+    if len(timed) < 2:
+        return []
+    fast = max(timed, key=lambda r: r.summary["images_per_s"])
+    slow = min(timed, key=lambda r: r.summary["images_per_s"])
+    ratio = fast.summary["images_per_s"] / slow.summary["images_per_s"]
+    if ratio < 1.05:
+        return [f"All runs train at about the same speed ({fast.summary['images_per_s']:.0f} images/s at most)."]
+    return [f"{fast.name} trains fastest ({fast.summary['images_per_s']:.0f} images/s, {ratio:.1f}x "
+            f"{slow.name}'s {slow.summary['images_per_s']:.0f})."]
+
+
+def conclusion(runs: list[Run]) -> list[str]:
+    """The conclusion's sentences, computed from the runs' summaries."""
+    return (_accuracy_sentences(runs) + _overfitting_sentences(runs) + _class_sentences(runs)
+            + _speed_sentences(runs))
+
+
+TABLE_COLUMNS = ("run", "dataset", "preset", "model", "epochs", "train acc (%)", "val acc (%)", "test acc (%)",
+                 "train-val gap (points)", "epochs to best val", "wall time (s)", "images/s")
+
+
+def table_row(run: Run) -> list[str]:
+    s = run.summary
+    return [run.name, str(s["dataset"]), str(s["preset"]), str(s["model"]), str(s["epochs"]),
+            _pct(s["train_accuracy"]), _pct(s["val_accuracy"]), _pct(s["test_accuracy"]), _pct(s["gap"]),
+            "n/a" if s["best_epoch"] is None else str(s["best_epoch"]),
+            "n/a" if s["wall_seconds"] is None else f"{s['wall_seconds']:.1f}",
+            "n/a" if s["images_per_s"] is None else f"{s['images_per_s']:.0f}"]
+
+
+def render(runs: list[Run], figure_name: str | None) -> str:
+    """The Markdown report."""
+    lines = ["# Run comparison", ""]
+    lines += [f"- **{r.name}**: `{r.path}`" for r in runs]
+    lines += ["", "## Side by side", "",
+              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(table_row(r)) + " |" for r in runs]
+    lines += ["", "Train and validation accuracy are the last epoch's (train: the running mean over the epoch's "
+              "batches, with dropout and augmentation on); the gap is train - val accuracy in points "
+              "(positive: overfitting). Epochs to best val is the epoch with the highest validation accuracy.", ""]
+    if figure_name:
+        lines += ["## Curves", "", f"![validation accuracy, validation loss and train - val gap]({figure_name})", ""]
+    lines += ["## Per-class weaknesses", "", "The three classes with the lowest test accuracy in each run:", ""]
+    for r in runs:
+        worst = r.summary["worst_classes"]
+        text = ", ".join(f"{c} {_pct(a, 1)}%" for c, a in worst) if worst else "no per-class accuracy recorded"
+        lines.append(f"- **{r.name}**: {text}")
+    lines += ["", "## Conclusion", "", " ".join(conclusion(runs)), ""]
+    return "\n".join(lines)
+
+
+def _check_writable(out: Path) -> None:
+    if out.is_dir():
+        raise ReportError(f"--out {out}: is a folder; give a file name such as {out / 'report.md'}")
+    probe = out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ReportError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ReportError(f"--out {out}: not writable; pick another --out")
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.md") -> dict[str, Any]:
+    """Read the runs, write the report and its figure. Returns ``{"report", "figure", "runs", "conclusion"}``."""
+    if len(run_dirs) < 2:
+        raise ReportError(f"need at least two run folders to compare, got {len(run_dirs)}")
+    resolved = [Path(p).resolve() for p in run_dirs]
+    dupes = {str(p) for p in resolved if resolved.count(p) > 1}
+    if dupes:
+        raise ReportError(f"the same run folder is given twice: {', '.join(sorted(dupes))}")
+    out = Path(out)
+    _check_writable(out)
+    runs = [read_run(p) for p in run_dirs]
+    for run, name in zip(runs, _names([r.path for r in runs]), strict=True):
+        run.name = name
+        run.summary = summarize(run)
+    from cnn_jax import plots
+
+    figure = out.with_suffix(".png") if out.suffix != ".png" else out.with_name(out.name + ".figure.png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plots.plot_comparison({r.name: r.history for r in runs}, figure,
+                              "validation accuracy, validation loss and overfitting gap per epoch")
+        text = render(runs, figure.name)
+        out.write_text(text)
+    except OSError as e:
+        raise ReportError(f"--out {out}: cannot write ({e.strerror or e})") from e
+    return {"report": out, "figure": figure, "runs": runs, "conclusion": conclusion(runs), "text": text}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="experiments/compare.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run folders (with results.json)")
+    p.add_argument("--out", default="report.md", help="the Markdown report; the figure goes beside it as .png "
+                                                      "(default: report.md)")
+    args = p.parse_args(argv)
+    try:
+        result = write_report(args.runs, args.out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {result['report']} and {result['figure']}")
+    print(" ".join(result["conclusion"]))
+    return 0

@@ -1,0 +1,189 @@
+"""Run comparison report: two tiny real runs compared (table numbers = results.json, conclusion, figure), the
+conclusion follows the numbers on hand-made runs, and one-line errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_jax.report import TABLE_COLUMNS, ReportError, main, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "2", "--limit", "1500", "--val-size", "300", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(fashion_tfds_dir, tmp_path_factory) -> list[Path]:
+    """Two real runs: the lab preset, and the best preset's optimiser (AdamW, one-cycle, 3e-3) on the lab CNN
+    without augmentation (the bn_cnn + augmentation is too slow for a test)."""
+    from cnn_jax.experiment import run
+
+    workdir = tmp_path_factory.mktemp("runs")
+    common = [*TINY, "--data-dir", str(fashion_tfds_dir), "--workdir", str(workdir)]
+    run("fashion_mnist", [*common, "--preset", "lab", "--run", "lab"])
+    run("fashion_mnist", [*common, "--preset", "best", "--model", "lab_cnn", "--augment", "--lr", "3e-3",
+                          "--run", "adamw"])
+    return [workdir / "lab", workdir / "adamw"]
+
+
+def _table(text: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert tuple(header) == TABLE_COLUMNS
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0].strip()
+
+
+def test_report_of_two_real_runs(runs, tmp_path):
+    out = tmp_path / "sub" / "report.md"
+    assert main([*map(str, runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    table = _table(text)
+    assert set(table) == {"lab", "adamw"}
+    results = {p.name: json.loads((p / "results.json").read_text()) for p in runs}
+    for name, r in results.items():
+        row = table[name]
+        assert (row["dataset"], row["preset"], row["model"]) == (r["dataset"], r["preset"], r["model"])
+        assert int(row["epochs"]) == r["epochs"] == 2
+        for col, key in (("train acc (%)", "train_accuracy"), ("val acc (%)", "val_accuracy"),
+                         ("test acc (%)", "test_accuracy")):
+            assert float(row[col]) == pytest.approx(100 * r[key], abs=0.005 + 1e-9), col
+        assert float(row["train-val gap (points)"]) == pytest.approx(
+            100 * (r["train_accuracy"] - r["val_accuracy"]), abs=0.005 + 1e-9)
+        assert int(row["epochs to best val"]) == r["best_epoch"]
+        assert float(row["wall time (s)"]) == pytest.approx(r["wall_seconds"], abs=0.05 + 1e-9)
+        assert float(row["images/s"]) == pytest.approx(r["images_per_s"], abs=0.5 + 1e-9)
+        worst = sorted(r["per_class_accuracy"], key=r["per_class_accuracy"].get)[:3]
+        line = next(x for x in _section(text, "Per-class weaknesses").splitlines() if x.startswith(f"- **{name}**"))
+        assert [c.split(" ")[0] for c in line.split(": ", 1)[1].split(", ")] == [w.split(" ")[0] for w in worst]
+
+    conclusion = _section(text, "Conclusion")
+    acc = {n: r["test_accuracy"] for n, r in results.items()}
+    better, worse = sorted(acc, key=acc.get, reverse=True)
+    if 100 * (acc[better] - acc[worse]) >= 0.1:
+        assert conclusion.startswith(f"{better} is the most accurate run: {100 * acc[better]:.2f}% test accuracy, "
+                                     f"{100 * (acc[better] - acc[worse]):.1f} point")
+    else:
+        assert "equally accurate" in conclusion
+    hardest = min(results["lab"]["per_class_accuracy"],
+                  key=lambda c: sum(r["per_class_accuracy"][c] for r in results.values()))
+    assert f"The hardest class is {hardest}" in conclusion
+
+    figure = out.with_suffix(".png")
+    assert f"]({figure.name})" in text
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    img = matplotlib.image.imread(figure)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600 and float(np.std(img)) > 0.01
+
+
+def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], val_acc: list[float],
+              val_loss: list[float], per_class: dict[str, float], images_per_s: float = 1000.0) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    hist = [{"epoch": i + 1, "step": 10 * (i + 1), "train_loss": 1.0, "train_accuracy": t, "seconds": 1.0,
+             "images_per_s": images_per_s, "val_loss": vl, "val_accuracy": v}
+            for i, (t, v, vl) in enumerate(zip(train_acc, val_acc, val_loss, strict=True))]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+    best = max(hist, key=lambda h: h["val_accuracy"])
+    (d / "results.json").write_text(json.dumps({
+        "dataset": "fashion_mnist", "preset": "lab", "model": "lab_cnn", "epochs": len(hist),
+        "train_accuracy": train_acc[-1], "val_accuracy": val_acc[-1], "test_accuracy": test_acc, "test_loss": 0.5,
+        "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "per_class_accuracy": per_class,
+        "class_names": list(per_class), "wall_seconds": 10.0, "images_per_s": images_per_s, "num_test": 10000}))
+    return d
+
+
+CLASSES = dict(a=0.9, b=0.5, c=0.7, d=0.95, e=0.8)
+
+
+def test_conclusion_follows_the_numbers(tmp_path):
+    # "steady" generalises; "overfit" fits the train set ever better while its val loss turns up after epoch 2
+    steady = _fake_run(tmp_path, "steady", 0.88, [0.80, 0.85, 0.87, 0.88], [0.81, 0.85, 0.87, 0.88],
+                       [0.6, 0.5, 0.45, 0.42], CLASSES, 2000.0)
+    overfit = _fake_run(tmp_path, "overfit", 0.84, [0.80, 0.90, 0.96, 0.99], [0.80, 0.85, 0.85, 0.84],
+                        [0.6, 0.45, 0.5, 0.6], {**CLASSES, "b": 0.3, "d": 0.6}, 1000.0)
+    text = write_report([steady, overfit], tmp_path / "r.md")["text"]
+    c = _section(text, "Conclusion")
+    assert c.startswith("steady is the most accurate run: 88.00% test accuracy, 4.0 points ahead of overfit")
+    assert "4.0 points ahead" in c and "more than noise" in c
+    assert "overfit overfits more: its train - val accuracy gap grows from +0.0 points in the first epoch " \
+           "to +15.0 in the last (+15.0)" in c
+    assert "The validation loss of overfit rises after its minimum (0.4500 at epoch 2) to 0.6000 at epoch 4" in c
+    assert "The validation loss of steady does not rise" in c
+    assert "The hardest class is b" in c and "The runs differ most on d: steady gets 95.0%, overfit 60.0%" in c
+    assert "steady trains fastest (2000 images/s, 2.0x overfit's 1000)" in c
+    assert _table(text)["overfit"]["train-val gap (points)"] == "15.00"
+
+    # other numbers, other conclusion: a tie, and no run overfitting
+    a = _fake_run(tmp_path, "x/a", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    b = _fake_run(tmp_path, "x/b", 0.9004, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    c = _section(write_report([a, b], tmp_path / "r2.md")["text"], "Conclusion")
+    assert "b and a are equally accurate" in c and "No run overfits increasingly" in c
+    assert "about the same speed" in c and "rises after its minimum" not in c
+
+    # runs with the same folder name are told apart by their parent folder
+    twin = _fake_run(tmp_path / "y", "steady", 0.5, [0.5, 0.6], [0.5, 0.6], [0.5, 0.4], CLASSES)
+    names = set(_table(write_report([steady, twin], tmp_path / "r3.md")["text"]))
+    assert len(names) == 2 and all(n.endswith("/steady") for n in names)
+
+
+def test_errors_are_one_line_with_status_2(tmp_path, capsys):
+    good = _fake_run(tmp_path, "good", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    other = _fake_run(tmp_path, "other", 0.8, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        ([good, empty], "empty: not a run folder, no results.json or metrics.jsonl"),
+        ([good, unfinished], "unfinished: not a run folder, no results.json (the run has not finished"),
+        ([good, tmp_path / "missing"], "missing: no such folder"),
+        ([good], "need at least two run folders to compare, got 1"),
+        ([good, good], "the same run folder is given twice"),
+        ([good, other, "--out", str(a_file / "report.md")], "a_file is a file, not a folder"),
+        ([good, other, "--out", str(tmp_path)], "is a folder; give a file name"),
+    ]
+    for argv, message in cases:
+        assert main([str(a) for a in argv]) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    with pytest.raises(ReportError, match="unreadable"):
+        (good / "results.json").write_text("{not json")
+        write_report([good, other], tmp_path / "r.md")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_out(tmp_path, capsys):
+    good = _fake_run(tmp_path, "good", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    other = _fake_run(tmp_path, "other", 0.8, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main([str(good), str(other), "--out", str(ro / "report.md")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_script_exit_status(tmp_path):
+    good = _fake_run(tmp_path, "good", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), str(good), str(tmp_path / "no")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no such folder" in out.stderr
