@@ -7,6 +7,8 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
 .PHONY: setup train demo test lint
+# Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
+ARGS ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -15,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-train: demo
+train: $(STAMP)
+	$(RUN) experiments/fashion_mnist.py --preset lab $(ARGS)
 
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py

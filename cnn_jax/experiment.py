@@ -48,8 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lab": dict(model="lab_cnn", model_kwargs={}, augment=(),
                 train=dict(optimizer="adam", lr=1e-3, schedule="constant", epochs=10, batch_size=128)),
     # Regularised: batch norm + dropout, shifts + flips (no flips for digits), AdamW + one-cycle, label
-    # smoothing, clipping. (93.8% Fashion-MNIST test in 18 epochs in issue 4's trial; see the README.)
-    "best": dict(model="bn_cnn", model_kwargs={"dropout": 0.2, "conv_dropout": 0.0}, augment=("translate", "flip"),
+    # smoothing, clipping. Fashion-MNIST: 93.85% test in 18 epochs, 19.6 min on the 2-core CPU (README).
+    "best": dict(model="bn_cnn", model_kwargs={"widths": (48, 96, 192), "dropout": 0.2, "conv_dropout": 0.0},
+                 augment=("translate", "flip"),
                  train=dict(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=18, batch_size=128,
                             weight_decay=5e-4, label_smoothing=0.05, clip=1.0, steps_per_chunk=100)),
 }
@@ -104,6 +105,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--microbatch", type=int, default=None, help="gradient accumulation slice (CPU speed)")
     g.add_argument("--distributed", action="store_true", help="jax.distributed.initialize (multi-host)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--track-test", action="store_true",
+                   help="also evaluate the test split after every epoch (for time-to-accuracy; never for selection)")
     return p
 
 
@@ -280,6 +283,11 @@ def run(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
             history = restored.meta.get("history", [])
             progress = EpochProgress(**restored.meta["epoch_progress"]) if restored.meta.get("epoch_progress") \
                 else None
+            done = restored.step >= cfg.epochs * trainer.steps_per_epoch and progress is None
+            if done and (run_dir / "results.json").is_file():
+                print(f"{run_dir} is already complete ({len(history)} epochs); its results: "
+                      f"{run_dir / 'results.json'}. Pass --new-run (or another --run) to train again.")
+                return json.loads((run_dir / "results.json").read_text())
             print(f"resuming {run_dir} from checkpoint step {restored.step} "
                   f"(epoch {len(history)} done{', mid-epoch' if progress else ''})")
         else:
@@ -308,7 +316,8 @@ def run(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
                              (val.images, val.labels) if len(val) else None,
                              preprocess=preprocess, eval_preprocess=eval_preprocess, log_path=metrics_path,
                              callbacks=[save_epoch], state=state, trainer=trainer, history=history,
-                             epoch_progress=progress, progress=not args.no_progress, should_stop=stop)
+                             epoch_progress=progress, progress=not args.no_progress, should_stop=stop,
+                             monitor=(test.images, test.labels) if args.track_test else None)
             except NonFiniteLossError as e:
                 ckpt.wait()
                 print(f"error: {e}; the last good checkpoint in {run_dir / CKPT_SUBDIR} is kept. Lower --lr or "

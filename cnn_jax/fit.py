@@ -62,6 +62,7 @@ def fit(
     callbacks: Sequence[Callback] = (), state: TrainState | None = None, progress: bool = True,
     trainer: Trainer | None = None, history: Sequence[dict[str, Any]] = (),
     epoch_progress: EpochProgress | None = None, should_stop: Callable[[], bool] | None = None,
+    monitor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train = (uint8 (N,H,W,C), int (N,))`` for ``cfg.epochs`` epochs.
 
@@ -74,6 +75,9 @@ def fit(
     the earlier epochs' ``history`` and, when it stopped mid-epoch, that epoch's ``epoch_progress``, so the
     resumed run's history equals an uninterrupted one. ``should_stop()`` is polled after every chunk: when
     it returns True, training stops there (``result.interrupted``), callbacks are not called.
+    ``monitor``: another split (e.g. test, for time-to-accuracy) evaluated after every epoch into
+    ``test_loss``/``test_accuracy``; it never drives early stopping. Each epoch's ``elapsed`` is the wall time
+    since training started (evaluations included, earlier runs of a resumed training added).
     """
     parallel.maybe_initialize_distributed(cfg.distributed)
     images, labels = train
@@ -81,6 +85,8 @@ def fit(
     state = trainer.init_state() if state is None else state
     train_data = trainer.put_data(images, labels)
     val_data = trainer.put_data(*val, for_eval=True) if val is not None else None
+    monitor_data = trainer.put_data(*monitor, for_eval=True) if monitor is not None else None
+    fit_start = time.perf_counter() - (history[-1].get("elapsed", 0.0) if history else 0.0)
     spe = trainer.steps_per_epoch
     chunk = min(cfg.steps_per_chunk or spe, spe)
     start_step = int(np.ravel(trainer.host_state(state).step)[0])
@@ -133,6 +139,10 @@ def fit(
             ev = trainer.evaluate(state, val_data)
             metrics.update(val_loss=float(ev["loss"]), val_accuracy=float(ev["accuracy"]),
                            val_confusion=np.asarray(ev["confusion"]).tolist())
+        if monitor_data is not None:
+            ev = trainer.evaluate(state, monitor_data)
+            metrics.update(test_loss=float(ev["loss"]), test_accuracy=float(ev["accuracy"]))
+        metrics["elapsed"] = time.perf_counter() - fit_start
         result.history.append(metrics)
         if log is not None:
             with log.open("a") as f:

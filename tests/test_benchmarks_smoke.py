@@ -25,3 +25,16 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     assert report["gemm_peak_gflops"] > 0 and 15 < report["train_mflop_per_image"] < 17
     assert __import__("json").loads(out.read_text())["results"] == report["results"]
     assert "% peak" in capsys.readouterr().out
+
+
+def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):
+    out = tmp_path / "tta.json"
+    report = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["main"](
+        ["--smoke", "--json", str(out), "--", "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)])
+    assert set(report["reached"]) == {"0.92", "0.93", "0.94"}
+    assert [e for e, _, _ in report["per_epoch"]] == [1, 2]
+    elapsed = [t for _, t, _ in report["per_epoch"]]
+    assert 0 < elapsed[0] < elapsed[1] == report["train_wall_seconds"]
+    results = __import__("json").loads((tmp_path / "best" / "results.json").read_text())
+    assert report["per_epoch"][-1][2] == results["test_accuracy"]  # per-epoch test eval == final eval
+    assert "test accuracy >= 92%" in capsys.readouterr().out and out.is_file()

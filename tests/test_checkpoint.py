@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
 # Small and quick: 2,000 train images, 15 steps per epoch in chunks of 4, 3 epochs.
 ARGS = ["--epochs", "3", "--limit", "2000", "--val-size", "500", "--steps-per-chunk", "4", "--no-progress"]
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "elapsed")
 
 
 def _env(data_dir: Path, devices: int | None = None) -> dict[str, str]:
@@ -121,6 +121,18 @@ def test_other_config_is_refused_and_nothing_is_overwritten(fashion_tfds_dir, re
     # a runtime-only change (chunk size) is not a different run
     assert config_differences({"train": {"steps_per_chunk": 4, "lr": 1}}, {"train": {"steps_per_chunk": 9, "lr": 1}}) \
         == []
+
+
+def test_finished_run_is_reported_not_retrained(fashion_tfds_dir, reference, tmp_path):
+    import shutil
+
+    shutil.copytree(reference, tmp_path / "ref")
+    before = (tmp_path / "ref" / "results.json").read_bytes()
+    out = _train(fashion_tfds_dir, tmp_path, "ref")
+    assert "already complete (3 epochs)" in out.stdout
+    assert (tmp_path / "ref" / "results.json").read_bytes() == before
+    again = _train(fashion_tfds_dir, tmp_path, "ref", "--new-run")
+    assert "starting a new run in" in again.stdout and (tmp_path / "ref-2" / "results.json").is_file()
 
 
 def test_new_run_starts_beside_and_resume_flag_needs_checkpoints(fashion_tfds_dir, tmp_path):
