@@ -214,16 +214,17 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"backend={report['backend']} cpus={report['cpu_count']} GEMM peak={peak:.1f} GFLOP/s "
           f"LabCNN={flops / 1e6:.1f} MFLOP/trained image")
-    print(f"{'batch':>5} {'runner':14} {'images/s':>10} {'vs torch':>9} {'GFLOP/s':>8} {'% peak':>7}")
+    print(f"{'batch':>5} {'runner':18} {'images/s':>10} {'vs torch':>9} {'GFLOP/s':>8} {'% peak':>7}")
     for batch in a.batch_sizes:
         ips = measure(batch, a.steps, a.windows, a.runners)
         for name, v in ips.items():
-            ratio = v / ips["torch_eager"] if "torch_eager" in ips else float("nan")
+            ratio = v / ips["torch_eager"] if "torch_eager" in ips else None
             gf = v * flops / 1e9
             row = {"batch": batch, "runner": name, "images_per_s": v, "vs_torch": ratio, "gflops": gf,
                    "share_of_peak": gf / peak}
             report["results"].append(row)
-            print(f"{batch:5d} {name:14} {v:10.0f} {ratio:8.2f}x {gf:8.1f} {100 * gf / peak:6.1f}%")
+            vs = f"{ratio:8.2f}x" if ratio is not None else f"{'n/a':>9}"
+            print(f"{batch:5d} {name:18} {v:10.0f} {vs} {gf:8.1f} {100 * gf / peak:6.1f}%")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {a.json}")

@@ -23,8 +23,8 @@ from cnn_jax.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
-# Small and quick: 2,000 train images, 15 steps per epoch in chunks of 4, 3 epochs.
-ARGS = ["--epochs", "3", "--limit", "2000", "--val-size", "500", "--steps-per-chunk", "4", "--no-progress"]
+# Small and quick: 2,000 train images, 15 steps per epoch in chunks of 1 (a stop can land anywhere), 3 epochs.
+ARGS = ["--epochs", "3", "--limit", "2000", "--val-size", "500", "--steps-per-chunk", "1", "--no-progress"]
 TIMING = ("seconds", "images_per_s", "elapsed")
 
 
@@ -43,14 +43,16 @@ def _train(data_dir, workdir, run, *extra, check=True, devices=None) -> subproce
     return out
 
 
-def _interrupt(data_dir, workdir, run, sig, after_epochs) -> subprocess.CompletedProcess:
-    """Start a run and send ``sig`` once ``after_epochs`` epochs are in its metrics file."""
-    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run]
+def _interrupt(data_dir, workdir, run, sig, after_epochs, *extra) -> subprocess.CompletedProcess:
+    """Start a run and send ``sig`` once ``after_epochs`` epochs are in its metrics file (and, for SIGTERM,
+    once that epoch's checkpoint is written, so the signal lands inside the next epoch)."""
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run, *extra]
     proc = subprocess.Popen(cmd, env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = Path(workdir) / run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_epochs:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_epochs and (
+                sig != signal.SIGTERM or (Path(workdir) / run / "ckpt" / str(15 * after_epochs)).is_dir()):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
