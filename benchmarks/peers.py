@@ -174,6 +174,47 @@ RUNNERS: dict[str, Callable[[int, int], Runner]] = {
 }
 
 
+def breakdown(batch: int, steps: int, windows: int) -> dict[str, float]:
+    """Where cnn_jax's step time goes: milliseconds per step of forward, forward + backward, and the full
+    scanned train step (+ optimizer update, on-device batch gather and scaling)."""
+    from cnn_jax import get_model
+
+    model = get_model("lab_cnn")
+    images, labels = synthetic_data(batch * steps)
+    x = jnp.asarray(images[:batch], jnp.float32) / 255.0
+    y = jnp.asarray(labels[:batch])
+    variables = model.init(jax.random.key(0), x[:1])
+    key = jax.random.key(1)
+
+    def loss(v, x, y):
+        logits = model.apply(v, x, train=True, rngs={"dropout": key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": key}))
+    fwd_bwd = jax.jit(jax.grad(loss))
+    full = _cnn_jax(batch, steps, microbatch=None)
+    parts = {"forward": lambda: fwd(variables, x), "forward+backward": lambda: fwd_bwd(variables, x, y)}
+    out = {}
+    for name, fn in parts.items():
+        jax.block_until_ready(fn())
+        ts = []
+        for _ in range(windows):
+            t = time.perf_counter()
+            for _ in range(steps):
+                r = fn()
+            jax.block_until_ready(r)
+            ts.append((time.perf_counter() - t) / steps)
+        out[name] = 1e3 * statistics.median(ts)
+    full()
+    ts = []
+    for _ in range(windows):
+        t = time.perf_counter()
+        full()
+        ts.append((time.perf_counter() - t) / steps)
+    out["full train step"] = 1e3 * statistics.median(ts)
+    return out
+
+
 def measure(batch: int, steps: int, windows: int, names: list[str]) -> dict[str, float]:
     runners = {}
     for name in names:
@@ -201,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
     p.add_argument("--json", default=None, help="write the results here (default: print only)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one window: checks the script runs")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the step-time breakdown of cnn_jax")
     a = p.parse_args(argv)
     if a.smoke:
         a.batch_sizes, a.steps, a.windows = [8], 2, 1
@@ -225,6 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
             report["results"].append(row)
             vs = f"{ratio:8.2f}x" if ratio is not None else f"{'n/a':>9}"
             print(f"{batch:5d} {name:18} {v:10.0f} {vs} {gf:8.1f} {100 * gf / peak:6.1f}%")
+    if not a.no_breakdown:
+        batch = a.batch_sizes[0]
+        parts = breakdown(batch, a.steps, a.windows)
+        full = parts["full train step"]
+        print(f"cnn_jax step breakdown at batch {batch} (full batch, ms per step; share of the full step):")
+        prev = 0.0
+        for name, ms in parts.items():
+            print(f"  {name:18} {ms:7.2f} ms  (+{ms - prev:6.2f} ms, {100 * (ms - prev) / full:5.1f}%)")
+            prev = ms
+        report["breakdown_ms"] = parts
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {a.json}")

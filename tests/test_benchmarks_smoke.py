@@ -24,6 +24,8 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     assert all(r["images_per_s"] > 0 and r["gflops"] > 0 for r in report["results"])
     assert report["gemm_peak_gflops"] > 0 and 15 < report["train_mflop_per_image"] < 17
     assert __import__("json").loads(out.read_text())["results"] == report["results"]
+    assert list(report["breakdown_ms"]) == ["forward", "forward+backward", "full train step"]
+    assert all(v > 0 for v in report["breakdown_ms"].values())
     assert "% peak" in capsys.readouterr().out
 
 
