@@ -110,22 +110,18 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
-def _fail(parser: argparse.ArgumentParser, msg: str) -> None:
-    parser.error(msg)
-
-
 def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The run config from preset + flags, checked before any work starts (one-line errors)."""
     from cnn_jax.data import DEFAULT_AUGMENT, canonical_name
     from cnn_jax.data.augment import AUGMENTATIONS
 
     if args.preset not in PRESETS:
-        _fail(parser, f"--preset: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+        parser.error(f"--preset: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
     preset = PRESETS[args.preset]
     try:
         dataset = canonical_name(dataset)
     except ValueError as e:
-        _fail(parser, str(e))
+        parser.error(str(e))
     train = dict(preset["train"])
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("optimizer", "optimizer"),
                       ("lr", "lr"), ("schedule", "schedule"), ("warmup_steps", "warmup_steps"),
@@ -145,20 +141,20 @@ def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.Argu
               ("label-smoothing", 0 <= train.get("label_smoothing", 0) < 1, "must be in [0, 1)")]
     for flag, ok, what in checks:
         if not ok:
-            _fail(parser, f"--{flag} {what}, got {getattr(args, flag.replace('-', '_'))}")
+            parser.error(f"--{flag} {what}, got {getattr(args, flag.replace('-', '_'))}")
     try:
         cfg = TrainConfig(**train)
     except (TypeError, ValueError) as e:
-        _fail(parser, str(e))
+        parser.error(str(e))
     model = args.model or preset["model"]
     if model not in MODELS:
-        _fail(parser, f"--model: unknown model {model!r}; choose from {sorted(MODELS)}")
+        parser.error(f"--model: unknown model {model!r}; choose from {sorted(MODELS)}")
     model_kwargs = dict(preset["model_kwargs"]) if model == preset["model"] else {}
     if args.widths is not None:
         model_kwargs["widths"] = list(args.widths)
     if args.dropout is not None:
         if not 0 <= args.dropout < 1:
-            _fail(parser, f"--dropout must be in [0, 1), got {args.dropout}")
+            parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
         model_kwargs["dropout"] = args.dropout
     augment = args.augment if args.augment is not None else preset["augment"]
     augment = list(DEFAULT_AUGMENT[dataset] if augment is None else augment)
@@ -166,9 +162,9 @@ def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.Argu
         augment = [a for a in augment if a != "flip"]  # a preset's flips never apply to digits
     unknown = [a for a in augment if a not in AUGMENTATIONS]
     if unknown:
-        _fail(parser, f"--augment: unknown {unknown}; choose from {sorted(AUGMENTATIONS)}")
+        parser.error(f"--augment: unknown {unknown}; choose from {sorted(AUGMENTATIONS)}")
     if "flip" in augment and dataset.startswith("emnist"):
-        _fail(parser, "--augment: flip changes a digit's meaning; drop it for emnist/digits")
+        parser.error("--augment: flip changes a digit's meaning; drop it for emnist/digits")
     return {"dataset": dataset, "preset": args.preset, "model": model, "model_kwargs": model_kwargs,
             "augment": augment, "val_size": args.val_size, "limit": args.limit, "train": cfg.to_dict()}
 
@@ -179,9 +175,9 @@ def _run_dir(args: argparse.Namespace, dataset: str, parser: argparse.ArgumentPa
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        _fail(parser, f"--workdir {workdir}: not writable ({probe} is read-only); pick another --workdir")
+        parser.error(f"--workdir {workdir}: not writable ({probe} is read-only); pick another --workdir")
     if probe.exists() and not probe.is_dir():
-        _fail(parser, f"--workdir {workdir}: {probe} is a file, not a folder")
+        parser.error(f"--workdir {workdir}: {probe} is a file, not a folder")
     return workdir / (args.run or args.preset)
 
 
@@ -231,7 +227,7 @@ def run(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
         print(f"--new-run: {base} has checkpoints; starting a new run in {run_dir}")
         resuming = False
     if args.resume and not resuming:
-        _fail(parser, f"--resume: no checkpoints in {run_dir / CKPT_SUBDIR} to resume from")
+        parser.error(f"--resume: no checkpoints in {run_dir / CKPT_SUBDIR} to resume from")
     if resuming:  # refuse a different config before touching anything
         saved_path = run_dir / CONFIG_FILE
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None

@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 
 from cnn_jax import FILTERS, apply_filter_bank, max_pool  # noqa: E402
 from cnn_jax.data.idx import read_idx  # noqa: E402
+from cnn_jax.data.sources import DATASETS  # noqa: E402
 
-FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_DIRS = DATASETS["fashion_mnist"].default_dirs  # where Debian's dataset-fashion-mnist puts the files
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 DEFAULT_FILTERS = ("identity", "gaussian_blur", "sharpen", "sobel_x", "sobel_y", "laplacian", "emboss", "outline")
