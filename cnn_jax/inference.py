@@ -21,6 +21,7 @@ import numpy as np
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
 from cnn_jax.config import TrainConfig
 from cnn_jax.models import get_model
+from cnn_jax.steps import tta_logits
 from cnn_jax.train_state import create_train_state, make_optimizer
 
 __all__ = ["LoadedModel", "load", "abstract_train_state", "build_model"]
@@ -74,9 +75,10 @@ class LoadedModel:
         return normalize(jnp.asarray(x), self.run_config["dataset"]), single
 
     def logits(self, images, batch_size: int = 1000) -> np.ndarray:
-        """Logits ``(N, num_classes)`` (or ``(num_classes,)`` for a single image)."""
+        """Logits ``(N, num_classes)`` (or ``(num_classes,)`` for a single image), averaged over the run's
+        test-time augmentation views (config ``"tta"``) as in its evaluation."""
         x, single = self._prepare(images)
-        fn = _apply_fn(self.model)
+        fn = _apply_fn(self.model, tuple(self.run_config.get("tta", ())))
         out = np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
         return out[0] if single else out
@@ -86,13 +88,13 @@ class LoadedModel:
         return np.argmax(self.logits(images, batch_size), axis=-1)
 
 
-_APPLY_CACHE: dict[int, Any] = {}
+_APPLY_CACHE: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
-def _apply_fn(model: nn.Module):
-    key = id(model)
+def _apply_fn(model: nn.Module, tta: tuple[str, ...] = ()):
+    key = (id(model), tta)
     if key not in _APPLY_CACHE:
-        _APPLY_CACHE[key] = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        _APPLY_CACHE[key] = jax.jit(lambda v, x: tta_logits(lambda y: model.apply(v, y, train=False), x, tta))
     return _APPLY_CACHE[key]
 
 

@@ -8,7 +8,7 @@ inside the compiled function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +19,8 @@ from jax import lax
 
 from cnn_jax.train_state import TrainState
 
-__all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys"]
+__all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
+           "tta_logits"]
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -28,6 +29,22 @@ def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
     """uint8 ``(B, H, W, C)`` -> float32 in ``[0, 1]``; ``key`` unused."""
     del key
     return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+#: Test-time augmentation views: name -> NHWC batch transform. Logits are averaged over the image and its views.
+TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = {"flip": lambda x: x[:, :, ::-1, :]}
+
+
+def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
+    """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (e.g. ``("flip",)``: the mirror
+    image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
+    unknown = [t for t in tta if t not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown test-time augmentation {unknown}; known: {sorted(TTA_VIEWS)}")
+    out = apply(x).astype(jnp.float32)
+    for t in tta:
+        out = out + apply(TTA_VIEWS[t](x)).astype(jnp.float32)
+    return out / (1 + len(tta))
 
 
 def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -153,10 +170,11 @@ def train_chunk(
 
 def evaluate(
     state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module, batch: int,
-    preprocess: Preprocess = default_preprocess, batch_sharding: Any = None,
+    preprocess: Preprocess = default_preprocess, batch_sharding: Any = None, tta: Sequence[str] = (),
 ) -> dict[str, jax.Array]:
     """Mean cross-entropy, accuracy and confusion matrix ``(C, C)`` (rows: true, cols: predicted) on all
-    ``N`` examples; the last partial batch is padded (index clamped) and masked out."""
+    ``N`` examples; the last partial batch is padded (index clamped) and masked out. ``tta``: views whose
+    logits are averaged with the image's (:func:`tta_logits`)."""
     n = images.shape[0]
     num_batches = -(-n // batch)
     key = jax.random.PRNGKey(0)
@@ -172,8 +190,8 @@ def evaluate(
         x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
         if batch_sharding is not None:
             x, y, mask = lax.with_sharding_constraint((x, y, mask), batch_sharding)
-        logits, _ = _apply(model, state.params, state.batch_stats, preprocess(key, x), False)
-        logits = logits.astype(jnp.float32)
+        logits = tta_logits(lambda v: _apply(model, state.params, state.batch_stats, v, False)[0],
+                            preprocess(key, x), tta)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         pred = jnp.argmax(logits, -1)
         m = mask.astype(jnp.float32)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cnn_jax import parallel
 from cnn_jax.config import TrainConfig
-from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
+from cnn_jax.steps import TTA_VIEWS, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import TrainState, create_train_state, make_optimizer
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -46,14 +46,19 @@ class Trainer:
       preprocess: ``(key, uint8 (B,H,W,C)) -> float (B,H,W,C)`` for training (augmentation goes here).
       eval_preprocess: same signature, for evaluation (called with a fixed key); default ``preprocess``.
       devices: devices to use (default: all global devices for sharded/pmap, the first for "none").
+      tta: test-time augmentation views for evaluation (:data:`cnn_jax.steps.TTA_VIEWS`), e.g. ``("flip",)``.
     """
 
     def __init__(
         self, model: nn.Module, cfg: TrainConfig, num_train: int, input_shape: tuple[int, ...],
         preprocess: Preprocess | None = None, eval_preprocess: Preprocess | None = None,
-        devices: Sequence[jax.Device] | None = None,
+        devices: Sequence[jax.Device] | None = None, tta: Sequence[str] = (),
     ):
         self.cfg = cfg
+        self.tta = tuple(tta)
+        unknown = [t for t in self.tta if t not in TTA_VIEWS]
+        if unknown:
+            raise ValueError(f"unknown test-time augmentation {unknown}; known: {sorted(TTA_VIEWS)}")
         self.input_shape = tuple(input_shape)
         self.steps_per_epoch = num_train // cfg.batch_size
         if self.steps_per_epoch == 0:
@@ -140,7 +145,7 @@ class Trainer:
     def _build_eval(self):
         sharding = parallel.data_sharded(self.mesh) if self.strategy == "sharded" else None
         kw = dict(model=self.model, batch=self.cfg.eval_batch_size, preprocess=self.eval_preprocess,
-                  batch_sharding=sharding)
+                  batch_sharding=sharding, tta=self.tta)
 
         def fn(state, images, labels):
             self.trace_counts["evaluate"] += 1

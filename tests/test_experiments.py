@@ -61,6 +61,18 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
     config = json.loads((tmp_path / "best" / "config.json").read_text())
     assert config["model"] == "bn_cnn" and config["model_kwargs"]["widths"] == [8, 16, 16]
     assert config["augment"] == ["translate", "flip"] and results["preset"] == "best"
+    assert config["tta"] == ["flip"]
+    # a loaded checkpoint predicts with the same test-time flips as the run's own evaluation
+    from cnn_jax import load
+    from cnn_jax.data import load as load_data
+
+    test = load_data("fashion_mnist", data_dir=str(fashion_tfds_dir), val_size=0).test
+    lm = load(tmp_path / "best", "latest")
+    pred = lm.predict(test.images[:1000])
+    assert float(np.mean(pred == test.labels[:1000])) == pytest.approx(results["test_accuracy"], abs=1e-6)
+    logits = lm.model.apply(lm.variables, lm._prepare(test.images[:8])[0], train=False)
+    mirrored = lm.model.apply(lm.variables, lm._prepare(test.images[:8, :, ::-1])[0], train=False)
+    np.testing.assert_allclose(lm.logits(test.images[:8]), (logits + mirrored) / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
@@ -70,8 +82,10 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
                                     "--workdir", str(tmp_path / "runs")])
     _check_run(tmp_path / "runs" / "lab", 1)
     assert results["dataset"] == "emnist/digits" and results["num_test"] == 100
-    with pytest.raises(SystemExit):  # flip is refused for digits
-        run("emnist_digits", ["--augment", "flip", "--workdir", str(tmp_path / "runs2")])
+    assert json.loads((tmp_path / "runs" / "lab" / "config.json").read_text())["tta"] == []
+    for flag in ("--augment", "--tta"):  # flips are refused for digits
+        with pytest.raises(SystemExit):
+            run("emnist_digits", [flag, "flip", "--workdir", str(tmp_path / "runs2")])
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -80,6 +94,7 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
     (["--model", "resnet9000"], "--model: unknown model"),
     (["--batch-size", "0"], "--batch-size must be > 0"),
     (["--augment", "rotate"], "--augment: unknown ['rotate']"),
+    (["--tta", "rotate"], "--tta: unknown ['rotate']"),
     (["--workdir", "/etc/hostname/runs"], "is a file, not a folder"),
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
 ])

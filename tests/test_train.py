@@ -101,6 +101,22 @@ def test_evaluate_partial_batch_and_confusion():
     assert ev["loss"] == pytest.approx(float(lse.mean()), rel=1e-4)
 
 
+def test_evaluate_with_flip_tta_averages_mirrored_logits():
+    trainer = Trainer(tiny(), BASE, len(TRAIN[0]), TRAIN[0].shape[1:], tta=("flip",))
+    state = trainer.init_state()
+    ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
+    x = default_preprocess(None, jnp.asarray(VAL[0]))
+    apply = lambda v: trainer.model.apply({"params": state.params}, v)  # noqa: E731
+    logits = (apply(x) + apply(x[:, :, ::-1])) / 2
+    pred = np.asarray(jnp.argmax(logits, -1))
+    assert not np.array_equal(pred, np.asarray(jnp.argmax(apply(x), -1)))  # the views change predictions
+    assert ev["accuracy"] == pytest.approx(np.mean(pred == VAL[1]), abs=1e-6)
+    lse = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, VAL[1][:, None], -1)[:, 0]
+    assert ev["loss"] == pytest.approx(float(lse.mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        Trainer(tiny(), BASE, len(TRAIN[0]), TRAIN[0].shape[1:], tta=("rotate",))
+
+
 @pytest.mark.parametrize("opt,schedule", [("adamw", "onecycle"), ("sgd", "cosine"), ("adam", "constant")])
 def test_optimizers_schedules_regularisers(opt, schedule):
     cfg = BASE.replace(optimizer=opt, schedule=schedule, weight_decay=1e-4, clip=1.0, label_smoothing=0.1,
