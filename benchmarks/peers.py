@@ -36,29 +36,11 @@ import optax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import gemm_peak_gflops, lab_cnn_train_flops  # noqa: E402
 
 H = W = 28
 NUM_CLASSES = 10
-
-
-def labcnn_train_flops_per_image() -> float:
-    """3x the forward multiply-adds (x2 FLOPs) of the LabCNN on a 28x28x1 image (~15.8 MFLOP)."""
-    conv1 = 26 * 26 * 32 * (3 * 3 * 1) * 2
-    conv2 = 11 * 11 * 64 * (3 * 3 * 32) * 2
-    dense = (5 * 5 * 64 * 128 + 128 * NUM_CLASSES) * 2
-    return 3.0 * (conv1 + conv2 + dense)
-
-
-def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
 
 
 def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.smoke:
         a.batch_sizes, a.steps, a.windows = [8], 2, 1
     peak = gemm_peak_gflops(256 if a.smoke else 2048)
-    flops = labcnn_train_flops_per_image()
+    flops = lab_cnn_train_flops()
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),

@@ -6,7 +6,8 @@
 Each row: median over ``--windows`` timed windows of ``--steps`` steps each, after a warm-up (compile + one
 window). ``micro``: gradient accumulation over slices of that size inside the step
 (``TrainConfig.microbatch``; keeps im2col buffers cache-sized). GFLOP/s counts the analytic LabCNN training
-FLOPs (3x forward: conv/dense multiply-adds x 2); ``%peak`` is relative to a 1024^3 f32 matmul.
+FLOPs (3x forward: conv/dense multiply-adds x 2); ``%peak`` is relative to the fastest of five 2048^3 f32
+matmuls (``benchmarks/common.py``, as in ``peers.py``).
 ``--smoke``: a couple of tiny steps per variant to check the script runs; no timing claims.
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -25,17 +28,8 @@ from cnn_jax.models import LabCNN
 from cnn_jax.steps import default_preprocess, train_step
 from cnn_jax.trainer import Trainer
 
-
-def lab_cnn_train_flops(size: int = 28, channels: int = 1, widths=(32, 64), dense: int = 128,
-                        classes: int = 10) -> int:
-    """Analytic FLOPs per trained image (forward x 3) for LabCNN's convs and dense layers."""
-    fwd, h, c = 0, size, channels
-    for w in widths:
-        h -= 2
-        fwd += 2 * h * h * 9 * c * w
-        h, c = h // 2, w
-    fwd += 2 * h * h * c * dense + 2 * dense * classes
-    return 3 * fwd
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import gemm_peak_gflops, lab_cnn_train_flops  # noqa: E402
 
 
 def measure(fn, windows: int) -> list[float]:
@@ -46,14 +40,6 @@ def measure(fn, windows: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def gemm_peak(n: int = 1024, windows: int = 5) -> float:
-    """GFLOP/s of an f32 ``n x n`` matmul (median window), the reference for "% of peak"."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-    f = jax.jit(lambda a, b: a @ b)
-    times = measure(lambda: f(a, a).block_until_ready(), windows)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def bench(impl: str, batch: int, mode: str, steps: int, windows: int, microbatch: int | None = None) -> float:
@@ -105,8 +91,8 @@ def main(argv=None) -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
           f"LabCNN {flops / 1e6:.1f} MFLOP per trained image"
           + (" [SMOKE: not a measurement]" if args.smoke else ""))
-    peak = gemm_peak(windows=args.windows)
-    print(f"f32 GEMM 1024^3: {peak:.0f} GFLOP/s (reference for % peak)")
+    peak = gemm_peak_gflops(256 if args.smoke else 2048)
+    print(f"f32 GEMM 2048^3 (fastest of 5): {peak:.0f} GFLOP/s (reference for % peak)")
     print(f"{'impl':8} {'batch':>5} {'micro':>5} {'mode':5} {'img/s':>9} {'GFLOP/s':>8} {'%peak':>6}")
     for impl in args.impl:
         for batch in args.batch:

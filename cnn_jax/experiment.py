@@ -49,11 +49,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lab": dict(model="lab_cnn", model_kwargs={}, augment=(), tta=(),
                 train=dict(optimizer="adam", lr=1e-3, schedule="constant", epochs=10, batch_size=128)),
     # Regularised: batch norm + dropout, shifts + flips (no flips for digits), AdamW + one-cycle, label
-    # smoothing, clipping. Fashion-MNIST: 93.85% test in 18 epochs, 19.6 min on the 2-core CPU (README).
+    # smoothing, clipping, 32-image micro-batches (faster on CPU; batch norm sees 32-image statistics) and
+    # flip test-time augmentation. Fashion-MNIST: 94.04% test in 24 epochs, 25.8 min on the 2-core CPU (README).
     "best": dict(model="bn_cnn", model_kwargs={"widths": (48, 96, 192), "dropout": 0.2, "conv_dropout": 0.0},
                  augment=("translate", "flip"), tta=("flip",),
-                 train=dict(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=18, batch_size=128,
-                            weight_decay=5e-4, label_smoothing=0.05, clip=1.0, steps_per_chunk=100)),
+                 train=dict(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=24, batch_size=128,
+                            weight_decay=5e-4, label_smoothing=0.05, clip=1.0, steps_per_chunk=100,
+                            microbatch=32)),
 }
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
 
@@ -106,7 +108,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                    help="none (one device), sharded (jit over a Mesh of all devices) or pmap")
     g.add_argument("--precision", choices=PRECISIONS, default="f32", help="bf16: bfloat16 compute, f32 weights")
     g.add_argument("--steps-per-chunk", type=int, default=None, help="train steps per compiled call")
-    g.add_argument("--microbatch", type=int, default=None, help="gradient accumulation slice (CPU speed)")
+    g.add_argument("--microbatch", type=int, default=None,
+                   help="gradient accumulation slice dividing the batch (CPU speed; 0: off); default: the preset's")
     g.add_argument("--distributed", action="store_true", help="jax.distributed.initialize (multi-host)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--track-test", action="store_true",
@@ -136,13 +139,16 @@ def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.Argu
             train[key] = getattr(args, flag)
     train.update(seed=args.seed, parallelism=args.parallelism, precision=args.precision,
                  distributed=args.distributed)
+    if train.get("microbatch") == 0:
+        train["microbatch"] = None
     checks = [("epochs", train.get("epochs", 1) >= 0, "must be >= 0"),
               ("batch-size", train.get("batch_size", 1) > 0, "must be > 0"),
               ("lr", train.get("lr", 1) > 0, "must be > 0"),
               ("val-size", args.val_size >= 0, "must be >= 0"),
               ("limit", args.limit is None or args.limit > 0, "must be > 0"),
               ("keep", args.keep >= 1, "must be >= 1"),
-              ("label-smoothing", 0 <= train.get("label_smoothing", 0) < 1, "must be in [0, 1)")]
+              ("label-smoothing", 0 <= train.get("label_smoothing", 0) < 1, "must be in [0, 1)"),
+              ("microbatch", (train.get("microbatch") or 1) > 0, "must be >= 0 (0: off)")]
     for flag, ok, what in checks:
         if not ok:
             parser.error(f"--{flag} {what}, got {getattr(args, flag.replace('-', '_'))}")
@@ -150,6 +156,9 @@ def resolve_config(dataset: str, args: argparse.Namespace, parser: argparse.Argu
         cfg = TrainConfig(**train)
     except (TypeError, ValueError) as e:
         parser.error(str(e))
+    if cfg.microbatch and cfg.batch_size > cfg.microbatch and cfg.batch_size % cfg.microbatch:
+        parser.error(f"--microbatch {cfg.microbatch} must divide --batch-size {cfg.batch_size}; pick another "
+                     "--microbatch, or --microbatch 0 to turn it off")
     model = args.model or preset["model"]
     if model not in MODELS:
         parser.error(f"--model: unknown model {model!r}; choose from {sorted(MODELS)}")

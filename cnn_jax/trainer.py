@@ -76,6 +76,9 @@ class Trainer:
                              f"{n_dev} devices")
         if self.strategy == "none":
             self.devices = self.devices[:1]
+        local = cfg.batch_size // len(self.devices) if self.strategy == "pmap" else cfg.batch_size
+        if cfg.microbatch and local > cfg.microbatch and local % cfg.microbatch:
+            raise ValueError(f"microbatch {cfg.microbatch} must divide the per-device batch {local}")
         if self.strategy == "pmap" and "bn_axis_name" in getattr(model, "__dataclass_fields__", {}):
             self.pmap_model = model.clone(bn_axis_name=parallel.PMAP_AXIS)
         else:

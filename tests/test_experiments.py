@@ -61,7 +61,7 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
     config = json.loads((tmp_path / "best" / "config.json").read_text())
     assert config["model"] == "bn_cnn" and config["model_kwargs"]["widths"] == [8, 16, 16]
     assert config["augment"] == ["translate", "flip"] and results["preset"] == "best"
-    assert config["tta"] == ["flip"]
+    assert config["tta"] == ["flip"] and config["train"]["microbatch"] == 32
     # a loaded checkpoint predicts with the same test-time flips as the run's own evaluation
     from cnn_jax import load
     from cnn_jax.data import load as load_data
@@ -95,6 +95,7 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
     (["--batch-size", "0"], "--batch-size must be > 0"),
     (["--augment", "rotate"], "--augment: unknown ['rotate']"),
     (["--tta", "rotate"], "--tta: unknown ['rotate']"),
+    (["--preset", "best", "--batch-size", "100"], "--microbatch 32 must divide --batch-size 100"),
     (["--workdir", "/etc/hostname/runs"], "is a file, not a folder"),
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
 ])
