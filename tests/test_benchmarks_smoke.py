@@ -26,6 +26,9 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     assert __import__("json").loads(out.read_text())["results"] == report["results"]
     assert list(report["breakdown_ms"]) == ["forward", "forward+backward", "full train step"]
     assert all(v > 0 for v in report["breakdown_ms"].values())
+    assert [k.split()[0] for k in report["layers"]] == ["conv1", "conv2", "dense"]
+    assert all(v["ms"] > 0 and v["gflops"] > 0 for v in report["layers"].values())
+    assert len(report["gemm_peaks_seen"]) == 2 and report["gemm_peak_gflops"] == max(report["gemm_peaks_seen"])
     assert "% peak" in capsys.readouterr().out
 
 
