@@ -20,8 +20,8 @@ class TrainConfig:
 
     ``batch_size`` is the global batch (split over devices). ``steps_per_chunk``: train steps fused in
     one compiled ``lax.scan`` call (None: a whole epoch). ``microbatch``: per-device gradient accumulation
-    slice (None: the whole batch at once; see :func:`cnn_jax.steps.train_step`; 16 is fastest for LabCNN
-    on CPU). ``parallelism``: ``"none"`` (one device),
+    slice (None: the whole batch at once; see :func:`cnn_jax.steps.train_step`; 16 or 32 is fastest for
+    LabCNN on CPU). ``parallelism``: ``"none"`` (one device),
     ``"sharded"`` (``jit`` over a ``Mesh`` data axis) or ``"pmap"``. ``distributed``: call
     ``jax.distributed.initialize`` first (also enabled by env ``CNN_JAX_DISTRIBUTED=1``).
     """

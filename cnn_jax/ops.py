@@ -270,33 +270,6 @@ def _tiled(x: jax.Array, win, pads, fill) -> jax.Array | None:
     return x.reshape(n, ho, win[0], wo, win[1], c)
 
 
-@jax.custom_jvp
-def _tiled_max(xt: jax.Array) -> jax.Array:
-    """Max over the window axes of a ``(N, H', KH, W', KW, C)`` tiling. Its derivative routes each output's
-    (co)tangent to the first maximal element of its window in row-major order, as XLA's native pooling
-    gradient (select-and-scatter) and PyTorch do, rather than JAX's default for ``max``, which splits it over
-    ties with a count and a division and is slower on CPU (``benchmarks/peers.py``)."""
-    return xt.max(axis=(2, 4))
-
-
-@_tiled_max.defjvp
-def _tiled_max_jvp(primals, tangents):
-    (xt,), (t,) = primals, tangents
-    y = xt.max(axis=(2, 4))
-    seen = None
-    rows = []
-    for i in range(xt.shape[2]):
-        cols = []
-        for j in range(xt.shape[4]):
-            hit = xt[:, :, i, :, j] == y
-            first = hit if seen is None else hit & ~seen
-            seen = hit if seen is None else seen | hit
-            cols.append(first)
-        rows.append(jnp.stack(cols, axis=3))
-    first = jnp.stack(rows, axis=2)
-    return y, jnp.sum(jnp.where(first, t, jnp.zeros_like(t)), axis=(2, 4))
-
-
 def max_pool(
     x: jax.Array,
     window: int | Sequence[int] = 2,
@@ -306,15 +279,13 @@ def max_pool(
 ) -> jax.Array:
     """Max over ``window`` patches; ``stride`` defaults to ``window``. ``(N, H, W, C) -> (N, H', W', C)``.
 
-    Padding never wins the max (it is ``-inf``, or the dtype's minimum for integers). The gradient of each
-    output goes to the first maximal input of its window (row-major), in both implementations.
+    Padding never wins the max (it is ``-inf``, or the dtype's minimum for integers).
     """
     x, unbatched, win, s, pads = _pool_args("max_pool", x, window, stride, padding)
     impl = _check_impl(impl)
     fill = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     if impl == "im2col" and s == win:
-        xt = _tiled(x, win, pads, fill)
-        y = _tiled_max(xt) if jnp.issubdtype(x.dtype, jnp.floating) else xt.max(axis=(2, 4))
+        y = _tiled(x, win, pads, fill).max(axis=(2, 4))
     else:
         y = lax.reduce_window(
             x, np.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))

@@ -20,7 +20,7 @@ from jax import lax
 from cnn_jax.train_state import TrainState
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
-           "tta_logits"]
+           "check_tta", "tta_logits"]
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -35,12 +35,18 @@ def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
 TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = {"flip": lambda x: x[:, :, ::-1, :]}
 
 
-def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
-    """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (e.g. ``("flip",)``: the mirror
-    image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
+def check_tta(tta: Sequence[str]) -> tuple[str, ...]:
+    """``tta`` as a tuple; ``ValueError`` naming any view not in :data:`TTA_VIEWS`."""
     unknown = [t for t in tta if t not in TTA_VIEWS]
     if unknown:
         raise ValueError(f"unknown test-time augmentation {unknown}; known: {sorted(TTA_VIEWS)}")
+    return tuple(tta)
+
+
+def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
+    """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (e.g. ``("flip",)``: the mirror
+    image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
+    check_tta(tta)
     out = apply(x).astype(jnp.float32)
     for t in tta:
         out = out + apply(TTA_VIEWS[t](x)).astype(jnp.float32)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cnn_jax import parallel
 from cnn_jax.config import TrainConfig
-from cnn_jax.steps import TTA_VIEWS, Preprocess, default_preprocess, evaluate, train_chunk, train_step
+from cnn_jax.steps import Preprocess, check_tta, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import TrainState, create_train_state, make_optimizer
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -55,10 +55,7 @@ class Trainer:
         devices: Sequence[jax.Device] | None = None, tta: Sequence[str] = (),
     ):
         self.cfg = cfg
-        self.tta = tuple(tta)
-        unknown = [t for t in self.tta if t not in TTA_VIEWS]
-        if unknown:
-            raise ValueError(f"unknown test-time augmentation {unknown}; known: {sorted(TTA_VIEWS)}")
+        self.tta = check_tta(tta)
         self.input_shape = tuple(input_shape)
         self.steps_per_epoch = num_train // cfg.batch_size
         if self.steps_per_epoch == 0:
