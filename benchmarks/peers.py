@@ -39,7 +39,7 @@ from jax import lax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import gemm_peak_gflops, lab_cnn_train_flops  # noqa: E402
+from common import gemm_peak_gflops, lab_cnn_forward_flops, lab_cnn_train_flops  # noqa: E402
 
 H = W = 28
 NUM_CLASSES = 10
@@ -216,20 +216,21 @@ def layer_profile(batch: int, steps: int, windows: int, microbatch: int = 16) ->
     keys = jax.random.split(jax.random.key(0), 8)
     n = max(batch * steps // microbatch, 1)
     rand = jax.random.normal
+    fwd = lab_cnn_forward_flops()
     blocks = {  # name: (function of (params, x), params, one input slice's shape, forward FLOPs per image)
         "conv1 3x3x1x32 + relu + pool": (lambda p, x: conv_block(x, *p),
                                          (rand(keys[0], (3, 3, 1, 32)) * 0.3, jnp.zeros(32)), (H, W, 1),
-                                         26 * 26 * 32 * 9 * 2),
+                                         fwd["conv1"]),
         "conv2 3x3x32x64 + relu + pool": (lambda p, x: conv_block(x, *p),
                                           (rand(keys[1], (3, 3, 32, 64)) * 0.06, jnp.zeros(64)), (13, 13, 32),
-                                          11 * 11 * 64 * 288 * 2),
+                                          fwd["conv2"]),
         "dense 1600x128 + relu + 128x10": (lambda p, x: jax.nn.relu(x @ p[0]) @ p[1],
                                            (rand(keys[2], (1600, 128)) * 0.02, rand(keys[3], (128, 10)) * 0.1),
-                                           (1600,), (1600 * 128 + 128 * 10) * 2),
+                                           (1600,), fwd["dense"]),
     }
     out = {}
     for i, (name, (f, params, shape, fwd_flops)) in enumerate(blocks.items()):
-        xs = rand(keys[4 + i % 4], (n, microbatch, *shape))
+        xs = rand(keys[4 + i], (n, microbatch, *shape))
         cts = rand(keys[7], (n, *jax.eval_shape(f, params, xs[0]).shape))
 
         first = name.startswith("conv1")  # the first layer needs no input gradient; the others do
