@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import gemm_peak_gflops, lab_cnn_forward_flops, lab_cnn_train_flops  # benchmarks/ (the script's folder)
 from jax import lax
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import gemm_peak_gflops, lab_cnn_forward_flops, lab_cnn_train_flops  # noqa: E402
 
 H = W = 28
 NUM_CLASSES = 10
@@ -56,11 +51,12 @@ Runner = Callable[[], None]
 
 
 def _cnn_jax(batch: int, steps: int, microbatch: int | None) -> Runner:
-    from cnn_jax import TrainConfig, Trainer, get_model
+    from cnn_jax import Config, RunConfig, TrainConfig, Trainer, get_model
 
     images, labels = synthetic_data(batch * steps)
-    cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, steps_per_chunk=steps,
-                      microbatch=microbatch if microbatch and batch % microbatch == 0 and batch > microbatch else None)
+    mb = microbatch if microbatch and batch % microbatch == 0 and batch > microbatch else None
+    cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, microbatch=mb),
+                 run=RunConfig(steps_per_chunk=steps))
     trainer = Trainer(get_model("lab_cnn"), cfg, len(images), (H, W, 1))
     data = trainer.put_data(images, labels)  # device-resident uint8; shuffle/batch/scale inside the scan
     box = [trainer.init_state()]

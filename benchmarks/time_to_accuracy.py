@@ -19,9 +19,6 @@ from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
 THRESHOLDS = (0.92, 0.93, 0.94)
 
 
@@ -31,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="a tiny run (1,000 images, 2 epochs): checks the script runs")
     p.add_argument("experiment_args", nargs="*", help="flags passed to the experiment (after --)")
     a = p.parse_args(argv)
-    from cnn_jax.experiment import run
+    from cnn_jax.cli import main as run
 
     extra = list(a.experiment_args)
     if a.smoke:

@@ -16,20 +16,16 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
+from common import gemm_peak_gflops, lab_cnn_train_flops  # benchmarks/ (the script's folder)
 
-from cnn_jax.config import TrainConfig
+from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN
 from cnn_jax.steps import default_preprocess, train_step
-from cnn_jax.trainer import Trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_peak_gflops, lab_cnn_train_flops  # noqa: E402
+from cnn_jax.train import Trainer
 
 
 def measure(fn, windows: int) -> list[float]:
@@ -44,7 +40,8 @@ def measure(fn, windows: int) -> list[float]:
 
 def bench(impl: str, batch: int, mode: str, steps: int, windows: int, microbatch: int | None = None) -> float:
     model = LabCNN(impl=impl)
-    cfg = TrainConfig(batch_size=batch, epochs=1, steps_per_chunk=steps, microbatch=microbatch)
+    cfg = Config(train=TrainConfig(batch_size=batch, epochs=1, microbatch=microbatch),
+                 run=RunConfig(steps_per_chunk=steps))
     n = batch * steps
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)

@@ -1,13 +1,12 @@
 """cnn_jax: convolutional networks in JAX/Flax, from hand-made convolution to fast training."""
 
-from cnn_jax.config import TrainConfig
+from cnn_jax.config import PRESETS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnn_jax.filters import FILTERS, apply_filter_bank, filter_bank
-from cnn_jax.fit import FitResult, fit
 from cnn_jax.models import BNCNN, MODELS, LabCNN, get_model, register_model
 from cnn_jax.ops import IMPLS, avg_pool, conv2d, conv_output_shape, default_impl, max_pool
 from cnn_jax.steps import default_preprocess
+from cnn_jax.train import NonFiniteLossError, Trainer, train_and_evaluate
 from cnn_jax.train_state import TrainState, create_train_state, make_optimizer
-from cnn_jax.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "FILTERS",
@@ -20,19 +19,23 @@ __all__ = [
     "filter_bank",
     "max_pool",
     "BNCNN",
-    "FitResult",
+    "Config",
+    "DataConfig",
     "LabCNN",
     "MODELS",
+    "ModelConfig",
     "NonFiniteLossError",
+    "PRESETS",
+    "RunConfig",
     "TrainConfig",
     "TrainState",
     "Trainer",
     "create_train_state",
     "default_preprocess",
-    "fit",
     "get_model",
     "make_optimizer",
     "register_model",
+    "train_and_evaluate",
 ]
 __version__ = "0.1.0"
 

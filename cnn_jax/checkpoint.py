@@ -4,7 +4,7 @@ A checkpoint (Orbax step = global train step) holds two items:
 
 * ``state``: the :class:`~cnn_jax.train_state.TrainState` as host arrays (params, optimizer state with its
   step count, batch-norm statistics, PRNG key as ``uint32[2]``, global step), so it restores onto any
-  device count and is placed afterwards (:meth:`cnn_jax.trainer.Trainer.place_state`);
+  device count and is placed afterwards (:meth:`cnn_jax.train.Trainer.place_state`);
 * ``meta`` (JSON): the run config, the dataset identity, epoch/step, the metrics history, and the partial
   epoch's running sums when saved mid-epoch.
 
@@ -14,6 +14,7 @@ writes into a temporary folder and renames it when complete, so a save that did 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -27,17 +28,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = [
-    "CheckpointError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer", "StopSignal",
-    "config_differences", "RUNTIME_KEYS",
-]
+from cnn_jax.parallel import to_host
 
-#: Config keys that may change between a run and its resumption (they change how, not what, is computed).
-RUNTIME_KEYS = frozenset({
-    "train.parallelism", "train.distributed", "train.steps_per_chunk", "train.eval_batch_size", "workdir",
-    "run", "resume", "progress",
-})
-
+__all__ = ["CheckpointError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer", "StopSignal"]
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint (all damaged, or none)."""
@@ -56,31 +49,6 @@ class IncompatibleCheckpointError(CheckpointError):
         )
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                       ignore: frozenset[str] = RUNTIME_KEYS) -> list[str]:
-    """``"key: saved X, now Y"`` for every (flattened) config key that differs, except ``ignore``."""
-    a, b = _flatten(saved), _flatten(current)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in ignore:
-            continue
-        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
-        if va != vb:
-            diffs.append(f"{key}: saved {va!r}, now {vb!r}")
-    return diffs
-
-
 @dataclass
 class Restored:
     """A restored checkpoint: host ``state``, its ``meta`` dict and Orbax ``step``."""
@@ -88,10 +56,6 @@ class Restored:
     state: Any
     meta: dict[str, Any]
     step: int
-
-
-def _to_host(tree: Any) -> Any:
-    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
 
 
 class RunCheckpointer:
@@ -102,18 +66,32 @@ class RunCheckpointer:
       keep: how many of the latest checkpoints to keep (besides the best).
       best_metric: metric kept at its best (max); checkpoints saved without it count only as latest.
       async_save: write in a background thread (call :meth:`wait` or :meth:`close` before reading).
+      read_only: open for reading only (loading a model): nothing is created, saved or pruned.
+
+    Multi-process: every process calls every method with the same arguments; Orbax writes the (replicated,
+    host) arrays and the meta once, from process 0.
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, best_metric: str = "val_accuracy",
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
         self.keep = keep
-        # Retention is ours (:meth:`_prune`): Orbax's BestN forgets metrics when a manager is reopened.
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.read_only = read_only
+        # Retention is ours (:meth:`_prune`): Orbax's BestN forgets metrics when a manager is reopened
+        # (tests/test_checkpoint.py::test_orbax_best_n_forgets_metrics_on_reopen).
+        options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
+                                               enable_async_checkpointing=async_save and not read_only)
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        if read_only:  # Orbax warns that a read-only manager is read-only
+            absl_log.setLevel(logging.ERROR)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_log.setLevel(level)
 
     # ------------------------------------------------------------------------------------------ read
     def steps(self) -> list[int]:
@@ -136,8 +114,9 @@ class RunCheckpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
-        """Restore ``step`` (default: the latest good one) onto the structure of ``abstract_state``.
+    def restore(self, abstract_state: Any = None, step: int | None = None) -> Restored:
+        """Restore ``step`` (default: the latest good one) onto the structure of ``abstract_state`` (None: as
+        saved, nested dicts of numpy arrays).
 
         A damaged checkpoint (unreadable or partly deleted files) is reported with a warning and the next
         older one is tried; :class:`CheckpointError` when none is usable.
@@ -151,16 +130,16 @@ class RunCheckpointer:
             candidates = steps[::-1]
         if not candidates:
             raise CheckpointError(f"{self.directory}: no checkpoints")
-        target = jax.tree.map(lambda a: np.zeros(np.shape(a), np.asarray(a).dtype)
-                              if not isinstance(a, jax.ShapeDtypeStruct) else np.zeros(a.shape, a.dtype),
-                              abstract_state)
+        target = None if abstract_state is None else jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                                                                    abstract_state)
         errors = []
         for s in candidates:
             try:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.PyTreeRestore(target), meta=ocp.args.JsonRestore()))
                 state = out["state"]
-                _check_structure(target, state, s, self.directory)
+                if target is not None:
+                    _check_structure(target, state, s, self.directory)
                 return Restored(state, dict(out["meta"]), s)
             except IncompatibleCheckpointError:
                 raise
@@ -181,11 +160,13 @@ class RunCheckpointer:
         metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v) and np.isfinite(v)}
         meta = {**meta, "metrics": metrics}
         return bool(self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_to_host(state)), meta=ocp.args.JsonSave(meta)), force=True))
+            state=ocp.args.PyTreeSave(to_host(state)), meta=ocp.args.JsonSave(meta)), force=True))
 
     def _prune(self) -> None:
         """Keep the latest ``keep`` checkpoints and the best by ``best_metric``; delete the rest."""
         self.manager.wait_until_finished()
+        if self.read_only:
+            return
         steps = self.steps()
         keep = set(steps[-self.keep:])
         best = self.best_step()
@@ -219,14 +200,27 @@ def _check_structure(target: Any, restored: Any, step: int, directory: Path) -> 
 
 class StopSignal:
     """Context manager: SIGTERM/SIGINT set :attr:`requested` instead of killing the process, so the training
-    loop can finish its current chunk, save and exit. A second SIGINT raises ``KeyboardInterrupt``."""
+    loop can finish its current chunk, save and exit; ``stop()`` says whether to. A second SIGINT raises
+    ``KeyboardInterrupt``.
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
-        self.signals = signals
+    ``preemption``: a multi-process run's ``CheckpointManager``. JAX's preemption service then watches
+    SIGTERM on every process and ``stop()`` is Orbax's ``reached_preemption``, true on all processes at the
+    same call; no handler is installed (every process must call ``stop()`` at the same points).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+                 preemption: ocp.CheckpointManager | None = None):
+        self.signals = () if preemption is not None else signals
+        self.preemption = preemption
         self.requested: str | None = None
+        self._calls = 0
         self._old: dict[int, Any] = {}
 
     def __call__(self) -> bool:
+        if self.preemption is not None:
+            self._calls += 1  # the sync id: the same sequence on every process
+            if self.requested is None and self.preemption.reached_preemption(self._calls):
+                self.requested = "SIGTERM"
         return self.requested is not None
 
     def _handle(self, signum, frame) -> None:

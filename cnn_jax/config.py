@@ -1,30 +1,126 @@
-"""Training configuration: a frozen dataclass, kept apart from the code that uses it."""
+"""The run configuration: one typed, nested, frozen dataclass and the named presets.
+
+``Config(data, model, train, run)`` is everything a run is. ``PRESETS`` (``lab``, ``best``) are named
+configs to copy: ``PRESETS["lab"].override({"train.lr": 3e-3, "data.limit": 2000})``. Every value is checked
+once, when the config is built: a bad one raises :class:`ConfigError` in one line naming its flag and the
+allowed values. The ``run`` section and the ``data`` fields marked runtime say *how* a run is computed
+(devices, chunking, where files are), not *what*: they may change when a run is resumed; every other field
+must match the run's checkpoints.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig"]
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "PRESETS", "flag",
+           "differences"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("f32", "bf16")
 PARALLELISMS = ("none", "sharded", "pmap")
+CHOICES = {"train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.precision": PRECISIONS,
+           "run.parallelism": PARALLELISMS}
+RUNTIME = {"runtime": True}
+
+#: Short flags that are not ``--<field-name>`` (every field also has ``--<section>.<field>``).
+_SHORT = {"model.name": "--model", "data.verify": "--no-verify", "run.progress": "--no-progress",
+          "train.early_stopping_patience": "--early-stopping"}
+
+
+def flag(key: str) -> str:
+    """The experiment scripts' short flag of a field ``"section.field"``: ``train.batch_size`` -> ``--batch-size``."""
+    return _SHORT.get(key, "--" + key.split(".")[1].replace("_", "-"))
+
+
+class ConfigError(ValueError):
+    """A config value out of its range; the message names the flag."""
+
+
+def _check(section: str, name: str, ok: bool, what: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{flag(section + '.' + name)} {what}, got {value!r}")
+
+
+def _check_choices(section: str, obj: Any) -> None:
+    for key, allowed in CHOICES.items():
+        if key.startswith(section + "."):
+            name = key.split(".")[1]
+            _check(section, name, getattr(obj, name) in allowed, f"must be one of {allowed}", getattr(obj, name))
+
+
+class _Section:
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run, except model, data and preprocessing.
+class DataConfig(_Section):
+    """Dataset (TFDS name), validation hold-out, size limit, train augmentations and test-time views."""
 
-    ``batch_size`` is the global batch (split over devices). ``steps_per_chunk``: train steps fused in
-    one compiled ``lax.scan`` call (None: a whole epoch). ``microbatch``: per-device gradient accumulation
-    slice (None: the whole batch at once; see :func:`cnn_jax.steps.train_step`; 16 or 32 is fastest for
-    LabCNN on CPU). ``parallelism``: ``"none"`` (one device),
-    ``"sharded"`` (``jit`` over a ``Mesh`` data axis) or ``"pmap"``. ``distributed``: call
-    ``jax.distributed.initialize`` first (also enabled by env ``CNN_JAX_DISTRIBUTED=1``).
-    """
+    dataset: str = "fashion_mnist"
+    val_size: int = 5000
+    limit: int | None = None
+    augment: tuple[str, ...] = ()
+    tta: tuple[str, ...] = ()
+    data_dir: str | None = field(default=None, metadata=RUNTIME)
+    source_dir: str | None = field(default=None, metadata=RUNTIME)
+    download: bool = field(default=False, metadata=RUNTIME)
+    verify: bool = field(default=True, metadata=RUNTIME)
+
+    def __post_init__(self) -> None:
+        from cnn_jax.data import AUGMENTATIONS, canonical_name, flips_allowed
+        from cnn_jax.steps import TTA_VIEWS
+
+        try:
+            object.__setattr__(self, "dataset", canonical_name(self.dataset))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check("data", "val_size", self.val_size >= 0, "must be >= 0", self.val_size)
+        _check("data", "limit", self.limit is None or self.limit > 0, "must be > 0", self.limit)
+        for name, known in (("augment", AUGMENTATIONS), ("tta", TTA_VIEWS)):
+            views = getattr(self, name)
+            unknown = [v for v in views if v not in known]
+            if unknown:
+                raise ConfigError(f"{flag('data.' + name)}: unknown {unknown}; choose from {sorted(known)}")
+            if "flip" in views and not flips_allowed(self.dataset):
+                raise ConfigError(f"{flag('data.' + name)}: flip changes a digit's meaning; drop it for {self.dataset}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """A registered model (:data:`cnn_jax.models.MODELS`) and the constructor arguments that are set."""
+
+    name: str = "lab_cnn"
+    widths: tuple[int, ...] | None = None
+    dense: int | None = None
+    dropout: float | None = None
+    conv_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        from cnn_jax.models import MODELS
+
+        if self.name not in MODELS:
+            raise ConfigError(f"--model: unknown model {self.name!r}; choose from {sorted(MODELS)}")
+        for name in ("dropout", "conv_dropout"):
+            v = getattr(self, name)
+            _check("model", name, v is None or 0 <= v < 1, "must be in [0, 1)", v)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The set constructor arguments (``None``: the model's default)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Optimisation. ``batch_size`` is the global batch (split over devices). ``microbatch``: gradient
+    accumulation slice dividing the batch (None or 0: off; 16-32 is fastest on CPU; batch norm then sees
+    micro-batch statistics). ``precision``: ``bf16`` computes in bfloat16 with float32 master weights."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -33,33 +129,117 @@ class TrainConfig:
     momentum: float = 0.9
     epochs: int = 10
     batch_size: int = 128
-    eval_batch_size: int = 1000
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     clip: float | None = None
     precision: str = "f32"
     seed: int = 0
-    parallelism: str = "none"
-    steps_per_chunk: int | None = None
     microbatch: int | None = None
     early_stopping_patience: int | None = None
-    distributed: bool = False
 
     def __post_init__(self) -> None:
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("parallelism", PARALLELISMS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.batch_size <= 0 or self.eval_batch_size <= 0 or self.epochs < 0:
-            raise ValueError("TrainConfig: batch sizes must be positive and epochs non-negative")
-        if self.microbatch is not None and self.microbatch <= 0:
-            raise ValueError(f"TrainConfig.microbatch must be positive or None, got {self.microbatch}")
-        if self.steps_per_chunk is not None and self.steps_per_chunk <= 0:
-            raise ValueError(f"TrainConfig.steps_per_chunk must be positive or None, "
-                             f"got {self.steps_per_chunk}")
+        _check_choices("train", self)
+        if self.microbatch == 0:
+            object.__setattr__(self, "microbatch", None)
+        _check("train", "epochs", self.epochs >= 0, "must be >= 0", self.epochs)
+        _check("train", "batch_size", self.batch_size > 0, "must be > 0", self.batch_size)
+        _check("train", "lr", math.isfinite(self.lr) and self.lr > 0, "must be > 0", self.lr)
+        _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
+        _check("train", "microbatch", (self.microbatch or 1) > 0, "must be >= 0 (0: off)", self.microbatch)
+        if self.microbatch and self.batch_size > self.microbatch and self.batch_size % self.microbatch:
+            raise ConfigError(f"--microbatch {self.microbatch} must divide --batch-size {self.batch_size}; pick "
+                              "another --microbatch, or --microbatch 0 to turn it off")
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """How the run is computed, free to change on resume. ``parallelism``: ``none`` (a mesh of one device),
+    ``sharded`` (``jit`` over a mesh of every device of every process) or ``pmap`` (one host).
+    ``distributed``: ``jax.distributed.initialize`` first (also env ``CNN_JAX_DISTRIBUTED=1`` or
+    ``CNN_JAX_COORDINATOR``, or a cluster JAX detects). ``steps_per_chunk``: steps per compiled call (None:
+    an epoch). ``keep``: latest checkpoints kept besides the best."""
+
+    parallelism: str = "none"
+    distributed: bool = False
+    steps_per_chunk: int | None = None
+    eval_batch_size: int = 1000
+    keep: int = 2
+    progress: bool = True
+    track_test: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choices("run", self)
+        _check("run", "steps_per_chunk", (self.steps_per_chunk or 1) > 0, "must be > 0", self.steps_per_chunk)
+        _check("run", "eval_batch_size", self.eval_batch_size > 0, "must be > 0", self.eval_batch_size)
+        _check("run", "keep", self.keep >= 1, "must be >= 1", self.keep)
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """Everything a run is (see the module docstring)."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (tuples as lists), as stored in ``config.json`` and every checkpoint."""
+        return {s: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, s)).items()}
+                for s in ("data", "model", "train", "run")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, dict[str, Any]]) -> Config:
+        return cls().override({f"{s}.{k}": v for s, fields in d.items() for k, v in fields.items()})
+
+    def override(self, values: dict[str, Any]) -> Config:
+        """A copy with ``{"section.field": value}`` set (values converted to the field's type)."""
+        sections = {s: {} for s in ("data", "model", "train", "run")}
+        for key, value in values.items():
+            section, _, name = key.partition(".")
+            if section not in sections or name not in field_types(section):
+                raise ConfigError(f"unknown config field {key!r}")
+            sections[section][name] = _convert(field_types(section)[name], value)
+        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **v)
+                                            for s, v in sections.items() if v})
+
+
+def field_types(section: str) -> dict[str, Any]:
+    """``{field: type}`` of a config section (resolved annotations)."""
+    cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "run": RunConfig}[section]
+    return typing.get_type_hints(cls)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """JSON/CLI values to the field's type: lists to tuples, ints to floats; the rest is checked on build."""
+    if isinstance(value, list):
+        return tuple(value)
+    return float(value) if float in typing.get_args(tp) + (tp,) and type(value) is int else value
+
+
+def differences(saved: dict[str, Any], current: Config) -> list[str]:
+    """``"section.field: saved X, now Y"`` for every field that defines the run (not ``run.*``/runtime)."""
+    now = current.to_dict()
+    out = []
+    for section in ("data", "model", "train"):
+        runtime = {f.name for f in dataclasses.fields(getattr(current, section)) if f.metadata.get("runtime")}
+        for key, value in now[section].items():
+            old = saved.get(section, {}).get(key, "<absent>")
+            if key not in runtime and old != value:
+                out.append(f"{section}.{key}: saved {old!r}, now {value!r}")
+    return out
+
+
+PRESETS: dict[str, Config] = {
+    # The notebook's network and training: Adam 1e-3, no augmentation or weight decay, dropout 0.5 only.
+    "lab": Config(),
+    # Regularised: batch norm + dropout, shifts + flips (no flips for digits), AdamW + one-cycle, label
+    # smoothing, clipping, 32-image micro-batches (faster on CPU; batch norm sees 32-image statistics) and
+    # flip test-time augmentation. Fashion-MNIST: 94.04% test in 24 epochs, 25.8 min on the 2-core CPU (README).
+    "best": Config(
+        data=DataConfig(augment=("translate", "flip"), tta=("flip",)),
+        model=ModelConfig(name="bn_cnn", widths=(48, 96, 192), dropout=0.2, conv_dropout=0.0),
+        train=TrainConfig(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=24, weight_decay=5e-4,
+                          label_smoothing=0.05, clip=1.0, microbatch=32),
+        run=RunConfig(steps_per_chunk=100)),
+}

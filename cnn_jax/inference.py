@@ -19,26 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
-from cnn_jax.config import TrainConfig
-from cnn_jax.models import get_model
+from cnn_jax.config import Config
 from cnn_jax.steps import tta_logits
-from cnn_jax.train_state import create_train_state, make_optimizer
+from cnn_jax.train import CKPT_SUBDIR, build_model
+from cnn_jax.train_state import model_variables
 
-__all__ = ["LoadedModel", "load", "abstract_train_state", "build_model"]
-
-CKPT_SUBDIR = "ckpt"
-CONFIG_FILE = "config.json"
-
-
-def build_model(run_config: dict[str, Any]) -> nn.Module:
-    """The run's model from its config (``model`` name and ``model_kwargs``)."""
-    return get_model(run_config["model"], num_classes=run_config["num_classes"], **run_config["model_kwargs"])
-
-
-def abstract_train_state(model: nn.Module, cfg: TrainConfig, input_shape: tuple[int, ...], steps_per_epoch: int):
-    """Shapes/dtypes of the run's TrainState (no compute), the target structure for a restore."""
-    tx = make_optimizer(cfg, steps_per_epoch * max(cfg.epochs, 1))
-    return jax.eval_shape(lambda: create_train_state(model, tx, input_shape, cfg.seed))
+__all__ = ["LoadedModel", "load"]
 
 
 @dataclass
@@ -48,7 +34,7 @@ class LoadedModel:
 
     model: nn.Module
     variables: dict[str, Any]
-    run_config: dict[str, Any]
+    config: Config
     meta: dict[str, Any]
     step: int
     class_names: tuple[str, ...]
@@ -57,7 +43,7 @@ class LoadedModel:
         from cnn_jax.data.augment import normalize
 
         x = np.asarray(images)
-        h, w, c = self.run_config["input_shape"]
+        h, w, c = self.meta["dataset"]["input_shape"]
         single = x.ndim == 2 or (x.ndim == 3 and x.shape == (h, w, c))
         if x.ndim == 2:
             x = x[..., None]
@@ -72,13 +58,13 @@ class LoadedModel:
             x = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
         elif x.dtype != np.uint8:
             raise TypeError(f"images must be uint8 or float, got {x.dtype}")
-        return normalize(jnp.asarray(x), self.run_config["dataset"]), single
+        return normalize(jnp.asarray(x), self.config.data.dataset), single
 
     def logits(self, images, batch_size: int = 1000) -> np.ndarray:
         """Logits ``(N, num_classes)`` (or ``(num_classes,)`` for a single image), averaged over the run's
-        test-time augmentation views (config ``"tta"``) as in its evaluation."""
+        test-time augmentation views (``config.data.tta``) as in its evaluation."""
         x, single = self._prepare(images)
-        fn = _apply_fn(self.model, tuple(self.run_config.get("tta", ())))
+        fn = _apply_fn(self.model, self.config.data.tta)
         out = np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
         return out[0] if single else out
@@ -98,37 +84,25 @@ def _apply_fn(model: nn.Module, tta: tuple[str, ...] = ()):
     return _APPLY_CACHE[key]
 
 
-def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a cnn_jax run folder "
-                                "(expected config.json and ckpt/ written by an experiment script)")
-    return json.loads(path.read_text())
-
-
 def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
-    """Load a run folder's checkpoint: ``which`` = ``"best"`` (by val accuracy; latest if none has it),
-    ``"latest"``, or a step number."""
+    """Load a run folder's checkpoint, read-only: ``which`` = ``"best"`` (by val accuracy; latest if none has
+    it), ``"latest"``, or a step number."""
     run_dir = Path(path)
-    rc = read_run_config(run_dir)
-    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR)
+    if not (run_dir / CKPT_SUBDIR).is_dir():
+        raise FileNotFoundError(f"{run_dir / CKPT_SUBDIR} not found: {run_dir} is not a cnn_jax run folder "
+                                "(expected ckpt/ written by an experiment script)")
+    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, read_only=True)
     try:
-        step = None
-        if which == "best":
-            step = ckpt.best_step()
-        elif which != "latest":
-            step = int(which)
-        model = build_model(rc)
-        cfg = TrainConfig(**rc["train"])
-        abstract = abstract_train_state(model, cfg, tuple(rc["input_shape"]), rc["steps_per_epoch"])
-        restored = ckpt.restore(abstract, step)
+        step = ckpt.best_step() if which == "best" else None if which == "latest" else int(which)
+        restored = ckpt.restore(None, step)
     finally:
         ckpt.close()
-    variables = {"params": restored.state.params}
-    if restored.state.batch_stats:
-        variables["batch_stats"] = restored.state.batch_stats
-    return LoadedModel(model, jax.device_put(variables), rc, restored.meta, restored.step,
-                       tuple(rc.get("class_names", ())))
+    config = Config.from_dict(restored.meta["config"])
+    dataset = restored.meta["dataset"]
+    state = restored.state
+    variables = model_variables(state["params"], state.get("batch_stats"))
+    return LoadedModel(build_model(config, dataset["num_classes"]), jax.device_put(variables), config,
+                       restored.meta, restored.step, tuple(dataset["class_names"]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -144,8 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lm = load(args.run_dir, args.which)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
-    rc = lm.run_config
-    test = load_data(rc["dataset"], data_dir=args.data_dir, val_size=0).test
+    test = load_data(lm.config.data.dataset, data_dir=args.data_dir, val_size=0).test
     pred = lm.predict(test.images)
     acc = float(np.mean(pred == test.labels))
     out = {"run_dir": str(args.run_dir), "step": lm.step, "which": args.which, "test_accuracy": acc,

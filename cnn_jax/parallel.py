@@ -2,7 +2,7 @@
 
 Sharded ``jit``: params/optimizer state replicated (``P()``), each global batch split over the ``"data"``
 axis (``P("data")``); XLA inserts the gradient all-reduce. ``pmap``: state stacked along a leading device
-axis, gradients ``pmean``-ed over :data:`PMAP_AXIS`. Multi-host: :func:`maybe_initialize_distributed`
+axis, gradients ``pmean``-ed over :data:`PMAP_AXIS`. Multi-host: :func:`initialize_distributed`
 before any other JAX call; every process passes the same host arrays and each process's devices compute
 their shard of every batch.
 """
@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "DATA_AXIS", "PMAP_AXIS", "make_mesh", "replicated", "data_sharded", "put_replicated",
     "put_pmap_replicated",
-    "unreplicate", "to_host", "maybe_initialize_distributed",
+    "unreplicate", "to_host", "initialize_distributed",
 ]
 
 DATA_AXIS = "data"
@@ -74,30 +74,42 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def maybe_initialize_distributed(
-    enabled: bool = False, coordinator_address: str | None = None, num_processes: int | None = None,
-    process_id: int | None = None,
-) -> bool:
-    """Call ``jax.distributed.initialize`` when ``enabled`` or env ``CNN_JAX_DISTRIBUTED=1``.
+def initialize_distributed(enabled: bool = False) -> bool:
+    """``jax.distributed.initialize`` before anything touches a device, when asked or detected.
 
-    Arguments default to env ``CNN_JAX_COORDINATOR`` (host:port), ``CNN_JAX_NUM_PROCESSES``,
-    ``CNN_JAX_PROCESS_ID``; left None, JAX auto-detects (SLURM, TPU pods, ...). On CPU the gloo
-    collectives are selected. Returns True if initialised (or already was).
+    Asked: ``enabled``, env ``CNN_JAX_DISTRIBUTED=1`` or ``CNN_JAX_COORDINATOR`` (host:port, with
+    ``CNN_JAX_NUM_PROCESSES`` and ``CNN_JAX_PROCESS_ID``). Detected: a multi-process cluster that JAX finds by
+    itself (SLURM, Open MPI, Cloud TPU pods, ...; arguments then come from it). On CPU the gloo collectives
+    are selected. Returns True if initialised (or already was).
     """
-    if not (enabled or os.environ.get("CNN_JAX_DISTRIBUTED") == "1"):
-        return False
+    env = os.environ
     if jax.distributed.is_initialized():
         return True
-    env = os.environ
-    coordinator_address = coordinator_address or env.get("CNN_JAX_COORDINATOR")
-    if num_processes is None and "CNN_JAX_NUM_PROCESSES" in env:
-        num_processes = int(env["CNN_JAX_NUM_PROCESSES"])
-    if process_id is None and "CNN_JAX_PROCESS_ID" in env:
-        process_id = int(env["CNN_JAX_PROCESS_ID"])
+    asked = enabled or env.get("CNN_JAX_DISTRIBUTED") == "1" or "CNN_JAX_COORDINATOR" in env
+    if not (asked or _cluster_detected()):
+        return False
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except Exception:  # noqa: BLE001 - option missing in this jax build; keep its default
         pass
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    num = env.get("CNN_JAX_NUM_PROCESSES")
+    pid = env.get("CNN_JAX_PROCESS_ID")
+    jax.distributed.initialize(coordinator_address=env.get("CNN_JAX_COORDINATOR"),
+                               num_processes=None if num is None else int(num),
+                               process_id=None if pid is None else int(pid))
     return True
+
+
+def _cluster_detected() -> bool:
+    """A multi-process cluster environment that ``jax.distributed.initialize()`` configures by itself."""
+    try:
+        from jax._src.clusters import ClusterEnv
+    except ImportError:  # private module moved: only explicit requests initialise
+        return False
+    for env in ClusterEnv._cluster_types:
+        try:
+            if not env.opt_in_only_method and env.is_env_present():
+                return True
+        except Exception:  # noqa: BLE001 - a detector that cannot run means that cluster is absent
+            continue
+    return False

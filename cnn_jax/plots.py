@@ -153,3 +153,37 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path
     axes[2].axhline(0, color="gray", lw=0.8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _first_conv_kernel(params) -> tuple[np.ndarray, np.ndarray | None]:
+    import jax
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in leaves:
+        if np.ndim(leaf) == 4:
+            bias_path = jax.tree_util.keystr(path).replace("kernel", "bias")
+            bias = next((b for p, b in leaves if jax.tree_util.keystr(p) == bias_path), None)
+            return np.asarray(leaf), None if bias is None else np.asarray(bias)
+    raise ValueError("model has no 4D conv kernel")
+
+
+def write_run_figures(out: Path, history, confusion, class_names, test, predictions, params, dataset: str
+                      ) -> list[Path]:
+    """A finished run's figures in ``out``: curves, confusion matrix, predictions on the first test images,
+    first-layer filters and their feature maps on the first test image."""
+    import jax
+
+    from cnn_jax.data import normalize
+    from cnn_jax.ops import conv2d
+
+    kernel, bias = _first_conv_kernel(params)
+    x0 = np.asarray(normalize(test.images[:1], dataset))
+    maps = np.asarray(jax.nn.relu(conv2d(x0, kernel, bias, padding="SAME")))[0]
+    n = min(32, len(test), len(predictions))
+    return [
+        plot_history(history, out / "curves.png", f"{dataset}: train vs validation"),
+        plot_confusion(np.asarray(confusion), class_names, out / "confusion.png"),
+        plot_predictions(test.images[:n], test.labels[:n], predictions[:n], class_names, out / "predictions.png"),
+        plot_filters(kernel, out / "filters.png"),
+        plot_feature_maps(test.images[0], maps, out / "feature_maps.png"),
+    ]

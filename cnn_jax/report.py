@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnn_jax.files import unwritable
+
 __all__ = ["ReportError", "Run", "read_run", "summarize", "conclusion", "render", "write_report", "main"]
 
 #: Differences below this many accuracy points (percent) count as a tie.
@@ -101,7 +103,7 @@ def summarize(run: Run) -> dict[str, Any]:
     val_losses = [(h["epoch"], h["val_loss"]) for h in hist if h.get("val_loss") is not None]
     per_class = r.get("per_class_accuracy") or {}
     s = {
-        "dataset": r.get("dataset"), "preset": r.get("preset"), "model": r.get("model"),
+        "dataset": r.get("dataset"), "model": r.get("model"),
         "epochs": r.get("epochs", len(hist)),
         "train_accuracy": r.get("train_accuracy"), "val_accuracy": r.get("val_accuracy"),
         "test_accuracy": r.get("test_accuracy"), "test_loss": r.get("test_loss"),
@@ -130,10 +132,6 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 def _pts(x: float) -> str:
     return f"{100 * x:.1f} point{'' if round(100 * x, 1) == 1 else 's'}"
-
-
-def _accuracy_key(run: Run) -> tuple[str, float]:
-    return "test", run.summary["test_accuracy"]
 
 
 def _accuracy_sentences(runs: list[Run]) -> list[str]:
@@ -267,13 +265,13 @@ def conclusion(runs: list[Run]) -> list[str]:
             + _speed_sentences(runs))
 
 
-TABLE_COLUMNS = ("run", "dataset", "preset", "model", "epochs", "train acc (%)", "val acc (%)", "test acc (%)",
+TABLE_COLUMNS = ("run", "dataset", "model", "epochs", "train acc (%)", "val acc (%)", "test acc (%)",
                  "train-val gap (points)", "epochs to best val", "wall time (s)", "images/s")
 
 
 def table_row(run: Run) -> list[str]:
     s = run.summary
-    return [run.name, str(s["dataset"]), str(s["preset"]), str(s["model"]), str(s["epochs"]),
+    return [run.name, str(s["dataset"]), str(s["model"]), str(s["epochs"]),
             _pct(s["train_accuracy"]), _pct(s["val_accuracy"]), _pct(s["test_accuracy"]), _pct(s["gap"]),
             "n/a" if s["best_epoch"] is None else str(s["best_epoch"]),
             "n/a" if s["wall_seconds"] is None else f"{s['wall_seconds']:.1f}",
@@ -304,13 +302,9 @@ def render(runs: list[Run], figure_name: str | None) -> str:
 def _check_writable(out: Path) -> None:
     if out.is_dir():
         raise ReportError(f"--out {out}: is a folder; give a file name such as {out / 'report.md'}")
-    probe = out.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ReportError(f"--out {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ReportError(f"--out {out}: not writable; pick another --out")
+    problem = unwritable(out.parent) or (None if not out.exists() or os.access(out, os.W_OK) else "not writable")
+    if problem:
+        raise ReportError(f"--out {out}: {problem}; pick another --out")
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.md") -> dict[str, Any]:

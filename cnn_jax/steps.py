@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from cnn_jax.train_state import TrainState
+from cnn_jax.train_state import TrainState, model_variables
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
-           "check_tta", "tta_logits"]
+           "tta_logits"]
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -35,18 +35,9 @@ def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
 TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = {"flip": lambda x: x[:, :, ::-1, :]}
 
 
-def check_tta(tta: Sequence[str]) -> tuple[str, ...]:
-    """``tta`` as a tuple; ``ValueError`` naming any view not in :data:`TTA_VIEWS`."""
-    unknown = [t for t in tta if t not in TTA_VIEWS]
-    if unknown:
-        raise ValueError(f"unknown test-time augmentation {unknown}; known: {sorted(TTA_VIEWS)}")
-    return tuple(tta)
-
-
 def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
     """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (e.g. ``("flip",)``: the mirror
     image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
-    check_tta(tta)
     out = apply(x).astype(jnp.float32)
     for t in tta:
         out = out + apply(TTA_VIEWS[t](x)).astype(jnp.float32)
@@ -62,7 +53,7 @@ def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _apply(model: nn.Module, params, batch_stats, x, train: bool, drop_key=None):
     """Logits (and new batch stats when training a model that has them)."""
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    variables = model_variables(params, batch_stats)
     rngs = {"dropout": drop_key} if drop_key is not None else {}
     if train and batch_stats:
         logits, updates = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])

@@ -16,7 +16,7 @@ import optax
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state"]
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables"]
 
 
 @flax.struct.dataclass
@@ -83,3 +83,8 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         batch_stats=variables.get("batch_stats", {}), key=key,
     )
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """The Flax variables ``{"params", "batch_stats"}`` (``batch_stats`` only when the model has any)."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}

@@ -5,7 +5,7 @@ Needs NIST's ``gzip.zip`` (``--source-dir``) or ``--download`` the first time; s
     python experiments/emnist_digits.py --preset lab --source-dir ~/Downloads    # --help lists every flag
 """
 
-from cnn_jax.experiment import main
+from cnn_jax.cli import main
 
 if __name__ == "__main__":
     main("emnist/digits")

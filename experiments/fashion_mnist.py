@@ -3,7 +3,7 @@
     python experiments/fashion_mnist.py --preset best --epochs 30        # --help lists every flag
 """
 
-from cnn_jax.experiment import main
+from cnn_jax.cli import main
 
 if __name__ == "__main__":
     main("fashion_mnist")

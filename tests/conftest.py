@@ -1,7 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
+# Eight fake CPU devices for the whole session (mesh and pmap tests in-process), set before JAX starts.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"])
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # their shared `common` module
 
 import pytest  # noqa: E402
 

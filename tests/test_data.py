@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from synthetic import idx_gz_bytes, write_idx_gz
 
 from cnn_jax.data import (
     NORM_STATS,
@@ -22,6 +23,7 @@ from cnn_jax.data import (
     IdxError,
     Splits,
     canonical_name,
+    flips_allowed,
     load,
     prepare,
     read_idx,
@@ -31,7 +33,7 @@ from cnn_jax.data import builders as builders_mod
 from cnn_jax.data.__main__ import main as cli_main
 from cnn_jax.data.augment import channel_stats
 from cnn_jax.data.loading import CACHE_NAME
-from cnn_jax.data.sources import DATASETS, idx_gz_bytes, write_idx_gz
+from cnn_jax.data.sources import DATASETS
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION = DATASETS["fashion_mnist"]
@@ -265,6 +267,22 @@ def test_bad_fashion_files(tmp_path, kind, error, match):
     assert _not_prepared(tmp_path / "d")
 
 
+def test_read_idx_plain_gzipped_and_truncated(tmp_path):
+    images, _ = _synthetic(3, seed=0)
+    write_idx_gz(tmp_path / "a.gz", images)
+    (tmp_path / "a").write_bytes(gzip.decompress((tmp_path / "a.gz").read_bytes()))
+    for path in (tmp_path / "a.gz", tmp_path / "a"):
+        np.testing.assert_array_equal(read_idx(path), images)
+    (tmp_path / "b.gz").write_bytes((tmp_path / "a.gz").read_bytes()[:100])
+    with pytest.raises(IdxError, match=r"b\.gz: corrupt or truncated gzip"):
+        read_idx(tmp_path / "b.gz")
+
+
+def test_flips_allowed():
+    assert flips_allowed("fashion_mnist") and flips_allowed("Fashion-MNIST")
+    assert not flips_allowed("emnist/digits") and not flips_allowed("emnist_digits")
+
+
 def test_checksum_mismatch(tmp_path):
     raw = make_fashion_dir(tmp_path / "raw")
     with pytest.raises(DataSourceError, match="checksum mismatch") as info:
@@ -382,14 +400,6 @@ def test_emnist_stock_orientation_fixed_at_load(tmp_path):
     (path / CACHE_NAME).unlink()
     fixed = load("emnist/digits", data_dir=str(tmp_path / "d"), val_size=0)
     np.testing.assert_array_equal(fixed.train.images, upright.train.images.transpose(0, 2, 1, 3))
-
-
-def test_to_device(tmp_path):
-    raw = make_fashion_dir(tmp_path / "raw")
-    splits = load("fashion_mnist", data_dir=str(tmp_path / "d"), source_dir=str(raw), val_size=5, verify=False)
-    images, labels = splits.train.to_device()
-    assert images.shape == (25, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int32
-    np.testing.assert_array_equal(np.asarray(images), splits.train.images)
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "emnist/digits"])

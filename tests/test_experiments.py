@@ -1,11 +1,10 @@
-"""The experiment scripts end to end with tiny budgets: outputs, consistency, figures, bad flags."""
+"""The experiment scripts end to end with tiny budgets: outputs, consistency, figures, config flags, bad flags."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,9 @@ import pytest
 from PIL import Image
 from test_data import make_emnist_zip
 
-from cnn_jax.experiment import run
+from cnn_jax.cli import main as run
+from cnn_jax.cli import parse
+from cnn_jax.config import PRESETS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--limit", "1000", "--val-size", "300", "--no-progress"]
@@ -35,7 +36,8 @@ def _check_run(run_dir: Path, epochs: int) -> dict:
     per_class = np.diag(cm) / cm.sum(1).clip(1)
     assert list(results["per_class_accuracy"].values()) == pytest.approx(per_class.tolist())
     assert results["device_count"] >= 1 and results["versions"]["jax"]
-    assert config["dataset"] == results["dataset"]
+    assert config["data"]["dataset"] == results["dataset"]
+    assert Config.from_dict(config).to_dict() == config
     assert {Path(p).name for p in results["figures"]} == FIGURES
     for name in FIGURES:
         with Image.open(run_dir / "figures" / name) as im:
@@ -47,7 +49,7 @@ def test_fashion_mnist_lab_end_to_end(fashion_tfds_dir, tmp_path, capsys):
     results = run("fashion_mnist", [*TINY, "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)])
     assert "new run in" in capsys.readouterr().out
     _check_run(tmp_path / "lab", 2)
-    assert results["preset"] == "lab" and results["model"] == "lab_cnn"
+    assert results["model"] == "lab_cnn"
     assert 0.5 < results["test_accuracy"] <= 1.0  # 1,000 images x 2 epochs: well above chance (0.1)
 
 
@@ -59,9 +61,9 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     results = _check_run(tmp_path / "best", 2)
     config = json.loads((tmp_path / "best" / "config.json").read_text())
-    assert config["model"] == "bn_cnn" and config["model_kwargs"]["widths"] == [8, 16, 16]
-    assert config["augment"] == ["translate", "flip"] and results["preset"] == "best"
-    assert config["tta"] == ["flip"] and config["train"]["microbatch"] == 32
+    assert config["model"]["name"] == "bn_cnn" and config["model"]["widths"] == [8, 16, 16]
+    assert config["data"]["augment"] == ["translate", "flip"] and config["data"]["tta"] == ["flip"]
+    assert config["train"]["microbatch"] == 32 and config["run"]["steps_per_chunk"] == 100
     # a loaded checkpoint predicts with the same test-time flips as the run's own evaluation
     from cnn_jax import load
     from cnn_jax.data import load as load_data
@@ -82,38 +84,62 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
                                     "--workdir", str(tmp_path / "runs")])
     _check_run(tmp_path / "runs" / "lab", 1)
     assert results["dataset"] == "emnist/digits" and results["num_test"] == 100
-    assert json.loads((tmp_path / "runs" / "lab" / "config.json").read_text())["tta"] == []
+    # the best preset's flips never apply to digits
+    config, _, _ = parse("emnist_digits", ["--preset", "best", "--workdir", str(tmp_path / "runs")])
+    assert config.data.augment == ("translate",) and config.data.tta == ()
+    # early stopping: a learning rate too small to change the validation accuracy stops after patience + 1 epochs
+    stopped = run("emnist/digits", ["--epochs", "4", "--batch-size", "32", "--val-size", "50", "--no-progress",
+                                    "--lr", "1e-12", "--early-stopping", "1", "--data-dir", str(tmp_path / "tfds"),
+                                    "--workdir", str(tmp_path / "runs"), "--run", "stops"])
+    assert stopped["stopped_early"] and stopped["epochs"] == 2
     for flag in ("--augment", "--tta"):  # flips are refused for digits
         with pytest.raises(SystemExit):
             run("emnist_digits", [flag, "flip", "--workdir", str(tmp_path / "runs2")])
 
 
+def test_dotted_flags_are_the_short_flags_and_presets_are_configs(tmp_path):
+    short, run_dir, _ = parse("fashion_mnist", ["--preset", "best", "--lr", "0.002", "--widths", "8", "16",
+                                                "--augment", "--epochs", "3", "--workdir", str(tmp_path)])
+    dotted, _, _ = parse("fashion_mnist", ["--preset", "best", "--train.lr", "0.002", "--model.widths", "8", "16",
+                                           "--data.augment", "--train.epochs=3", "--workdir", str(tmp_path)])
+    assert short == dotted == PRESETS["best"].override({"train.lr": 0.002, "model.widths": (8, 16),
+                                                        "data.augment": (), "train.epochs": 3})
+    assert run_dir == tmp_path / "best"
+    other, _, _ = parse("fashion_mnist", ["--model", "bn_cnn", "--workdir", str(tmp_path)])  # lab + another model
+    assert other.model.kwargs() == {} and other.train == PRESETS["lab"].train
+    assert Config.from_dict(short.to_dict()) == short
+    with pytest.raises(ConfigError, match="unknown config field 'train.nope'"):
+        Config().override({"train.nope": 1})
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--epochs", "-1"], "--epochs must be >= 0"),
+    (["--epochs", "-1"], "--epochs must be >= 0, got -1"),
     (["--preset", "huge"], "--preset: unknown preset 'huge'"),
-    (["--model", "resnet9000"], "--model: unknown model"),
+    (["--model", "resnet9000"], "--model: unknown model 'resnet9000'"),
     (["--batch-size", "0"], "--batch-size must be > 0"),
     (["--augment", "rotate"], "--augment: unknown ['rotate']"),
     (["--tta", "rotate"], "--tta: unknown ['rotate']"),
     (["--preset", "best", "--batch-size", "100"], "--microbatch 32 must divide --batch-size 100"),
     (["--workdir", "/etc/hostname/runs"], "is a file, not a folder"),
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["--train.lr", "fast"], "argument --train.lr/--lr: invalid float value: 'fast'"),
+    (["--run.keep", "0"], "--keep must be >= 1, got 0"),
+    (["--model.conv_dropout", "1.5"], "--conv-dropout must be in [0, 1), got 1.5"),
 ])
-def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path):
-    cmd = [sys.executable, str(ROOT / "experiments" / "fashion_mnist.py"), *args,
-           *([] if "--workdir" in args else ["--workdir", str(tmp_path)]), "--data-dir", str(tmp_path / "none")]
-    t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
-    assert out.returncode == 2
-    assert message in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("fashion_mnist.py: error:") or "error:" in out.stderr
-    assert time.perf_counter() - t < 60
-    assert not list(tmp_path.glob("*/config.json"))  # no work started
+def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path, capsys):
+    argv = [*args, *([] if "--workdir" in args else ["--workdir", str(tmp_path)]), "--data-dir", str(tmp_path / "no")]
+    with pytest.raises(SystemExit) as info:
+        run("fashion_mnist", argv)
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("experiments/fashion_mnist.py: error: ") and message in last
+    assert not list(tmp_path.rglob("*"))  # no work started
 
 
 def test_unknown_dataset_and_missing_data(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         run("cifar10", ["--workdir", str(tmp_path)])
+    assert info.value.code == 2
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "emnist_digits.py"), "--workdir", str(tmp_path),
                           "--data-dir", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT)})

@@ -1,87 +1,170 @@
-"""Data parallelism on 8 fake CPU devices and two-process jax.distributed training (subprocesses)."""
+"""One compiled path on 1..N devices and hosts: the mesh (and pmap) equal one device, in-process on 8 fake CPU
+devices; the experiment script on 2 processes (``jax.distributed`` on localhost) and on 8 devices, as users run it."""
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from synthetic import make_data
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
+from cnn_jax.config import Config, RunConfig, TrainConfig
+from cnn_jax.models import BNCNN, LabCNN
+from cnn_jax.train import Trainer
 
-
-def _env(**extra):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "JAX_PLATFORMS": "cpu", **extra}
-    env.pop("XLA_FLAGS", None)
-    env.update({k: v for k, v in extra.items()})
-    return env
-
-
-@pytest.fixture(scope="module")
-def device_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("par") / "devices.npz"
-    proc = subprocess.run([sys.executable, str(HERE / "parallel_worker.py"), "devices", str(out)],
-                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return dict(np.load(out))
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
+TRAIN, VAL = make_data(512, seed=0), make_data(100, seed=1)  # eval: 2 batches of 64, the last partial
+CFG = TrainConfig(epochs=1, batch_size=64, lr=3e-3, label_smoothing=0.1, clip=1.0)
+MODELS = {
+    "lab_dropout": (LabCNN(widths=(8, 16), dense=32, dropout=0.5), ("sharded",)),  # pmap: per-device dropout keys
+    "lab": (LabCNN(widths=(8, 16), dense=32, dropout=0.0), ("sharded", "pmap")),
+    "bn": (BNCNN(widths=(8, 16), dense=16, dropout=0.0, conv_dropout=0.0), ("sharded", "pmap")),
+}
 
 
-@pytest.mark.parametrize("model,strategy", [("lab_dropout", "sharded"), ("lab", "sharded"), ("lab", "pmap"),
-                                            ("bn", "sharded"), ("bn", "pmap")])
-def test_data_parallel_matches_single_device(device_results, model, strategy):
-    ref = {k.split(":", 2)[2]: v for k, v in device_results.items() if k.startswith(f"{model}:none:")}
-    got = {k.split(":", 2)[2]: v for k, v in device_results.items() if k.startswith(f"{model}:{strategy}:")}
-    assert ref.keys() == got.keys() and any(k.startswith("params/") for k in ref)
-    for k in ref:
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=2e-5, err_msg=k)
-    # and training did move the params (the comparison is not between two initial states)
-    assert "params/Dense_1/kernel" in ref
+def _run(model, parallelism: str, steps: int = 6):
+    trainer = Trainer(model, Config(train=CFG, run=RunConfig(parallelism=parallelism, eval_batch_size=64)),
+                      len(TRAIN[0]), TRAIN[0].shape[1:])
+    assert len(trainer.devices) == (1 if parallelism == "none" else 8)
+    init = trainer.host_state(trainer.init_state())
+    state, _ = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=steps)
+    ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
+    host = trainer.host_state(state)
+    assert int(host.step) == steps
+    return init, {"params": host.params, "batch_stats": host.batch_stats, "loss": ev["loss"],
+                  "confusion": ev["confusion"]}
 
 
-def _free_port():
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_mesh_and_pmap_match_one_device(name):
+    assert jax.device_count() == 8  # tests/conftest.py
+    model, strategies = MODELS[name]
+    init, ref = _run(model, "none")
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ref["params"], init.params)
+    assert min(jax.tree.leaves(moved)) > 1e-6  # training moved every parameter: not two initial states compared
+    for strategy in strategies:
+        _, got = _run(model, strategy)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=f"{strategy} {jax.tree_util.keystr(path)}")
+
+
+# ------------------------------------------------------------------------------ the user's commands
+ARGS = ["--epochs", "2", "--limit", "2000", "--val-size", "500", "--batch-size", "64", "--dropout", "0",
+        "--steps-per-chunk", "1", "--no-progress"]
+TIMING = ("seconds", "images_per_s", "elapsed")
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_process_training_ends_identical(tmp_path):
+def _env(data_dir: Path, devices: int = 1, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNN_JAX_")}
+    env.update(TFDS_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+    return env
+
+
+def _launch(data_dir: Path, workdir: Path, processes: int, *extra: str) -> list[subprocess.Popen]:
+    """The README's multi-host command on ``processes`` local processes sharing ``workdir``."""
     port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = _env(CNN_JAX_COORDINATOR=f"127.0.0.1:{port}", CNN_JAX_NUM_PROCESSES="2",
-                   CNN_JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "parallel_worker.py"), "multihost", str(tmp_path / f"p{pid}.npz")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), *extra]
+    if processes > 1:
+        cmd += ["--parallelism", "sharded", "--distributed"]
+    return [subprocess.Popen(cmd, env=_env(data_dir, CNN_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                           CNN_JAX_NUM_PROCESSES=str(processes), CNN_JAX_PROCESS_ID=str(i))
+                             if processes > 1 else _env(data_dir), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(processes)]
+
+
+def _wait(procs: list[subprocess.Popen], codes=(0,)) -> list[tuple[str, str]]:
     outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("two-process training timed out")
-    for p, o in zip(procs, outs, strict=True):
-        assert p.returncode == 0, o[-4000:]
-    a, b = (dict(np.load(tmp_path / f"p{i}.npz")) for i in range(2))
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=420))
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode in codes, f"exit {p.returncode}:\n{out[-2000:]}\n{err[-3000:]}"
+    return outs
 
-    # and equal (float tolerance) to the same run on one device in one process
-    sys.path.insert(0, str(HERE))
-    import parallel_worker as w
 
-    from cnn_jax.fit import fit
-    from cnn_jax.models import LabCNN
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    single = fit(LabCNN(widths=(8, 16), dense=32, dropout=0.5), w.CFG.replace(steps_per_chunk=4), w.TRAIN,
-                 progress=False)
-    ref = w.flat(single.trainer.host_state(single.state).params, "params/")
-    for k, v in ref.items():
-        np.testing.assert_allclose(a[k], v, rtol=1e-4, atol=2e-5, err_msg=k)
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _assert_close(run_dir: Path, ref_dir: Path) -> None:
+    a, b = _results(run_dir), _results(ref_dir)
+    assert a["epochs"] == b["epochs"] == 2
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.005)  # 5 of 1,000 test images
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def one_device(fashion_tfds_dir, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("one")
+    _wait(_launch(fashion_tfds_dir, workdir, 1))
+    return workdir / "lab"
+
+
+@pytest.fixture(scope="module")
+def two_processes(fashion_tfds_dir, tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
+    workdir = tmp_path_factory.mktemp("two")
+    return workdir / "lab", _wait(_launch(fashion_tfds_dir, workdir, 2))
+
+
+def test_script_on_two_processes_shares_one_run_folder(two_processes, one_device):
+    run_dir, ((out0, _), (out1, _)) = two_processes
+    assert "new run in" in out0 and "test accuracy" in out0
+    assert [ln for ln in out1.splitlines() if not ln.startswith("[Gloo]")] == []  # only process 0 prints
+    assert len(_history(run_dir)) == 2  # each epoch logged once
+    results = _results(run_dir)
+    assert results["process_count"] == 2 and results["device_count"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["run"]["parallelism"] == "sharded"
+    _assert_close(run_dir, one_device)
+
+
+def test_script_on_two_processes_sigterm_then_relaunch(fashion_tfds_dir, two_processes, one_device, tmp_path):
+    procs = _launch(fashion_tfds_dir, tmp_path, 2)
+    first = tmp_path / "lab" / "ckpt" / str(2000 // 64)  # the first epoch's checkpoint
+    deadline = time.time() + 300
+    while not first.is_dir() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    if not all(p.poll() is None for p in procs):
+        _wait(procs, codes=())  # the run ended before its first checkpoint: show why
+    for p in procs:  # a preempted pod: every host gets SIGTERM
+        p.send_signal(signal.SIGTERM)
+    (out0, _), _ = _wait(procs, codes=(143,))
+    assert "SIGTERM: saved checkpoint at step" in out0 and "resume with the same command" in out0
+    assert not (tmp_path / "lab" / "results.json").exists()
+    (out0, _), _ = _wait(_launch(fashion_tfds_dir, tmp_path, 2))
+    assert "resuming" in out0
+    reference = two_processes[0]
+    assert _history(tmp_path / "lab") == _history(reference)  # as if never stopped
+    assert _results(tmp_path / "lab")["test_accuracy"] == _results(reference)["test_accuracy"]
+    _assert_close(tmp_path / "lab", one_device)
+
+
+@pytest.mark.parametrize("parallelism", ["sharded", "pmap"])
+def test_script_on_eight_devices(fashion_tfds_dir, one_device, tmp_path, parallelism):
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(tmp_path), "--parallelism", parallelism]
+    out = subprocess.run(cmd, env=_env(fashion_tfds_dir, devices=8), capture_output=True, text=True, timeout=420)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _results(tmp_path / "lab")["device_count"] == 8
+    _assert_close(tmp_path / "lab", one_device)

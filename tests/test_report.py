@@ -22,7 +22,7 @@ TINY = ["--epochs", "2", "--limit", "1500", "--val-size", "300", "--no-progress"
 def runs(fashion_tfds_dir, tmp_path_factory) -> list[Path]:
     """Two real runs: the lab preset, and the best preset's optimiser (AdamW, one-cycle, 3e-3) on the lab CNN
     without augmentation (the bn_cnn + augmentation is too slow for a test)."""
-    from cnn_jax.experiment import run
+    from cnn_jax.cli import main as run
 
     workdir = tmp_path_factory.mktemp("runs")
     common = [*TINY, "--data-dir", str(fashion_tfds_dir), "--workdir", str(workdir)]
@@ -53,7 +53,7 @@ def test_report_of_two_real_runs(runs, tmp_path):
     results = {p.name: json.loads((p / "results.json").read_text()) for p in runs}
     for name, r in results.items():
         row = table[name]
-        assert (row["dataset"], row["preset"], row["model"]) == (r["dataset"], r["preset"], r["model"])
+        assert (row["dataset"], row["model"]) == (r["dataset"], r["model"])
         assert int(row["epochs"]) == r["epochs"] == 2
         for col, key in (("train acc (%)", "train_accuracy"), ("val acc (%)", "val_accuracy"),
                          ("test acc (%)", "test_accuracy")):
@@ -98,7 +98,7 @@ def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], va
     (d / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
     best = max(hist, key=lambda h: h["val_accuracy"])
     (d / "results.json").write_text(json.dumps({
-        "dataset": "fashion_mnist", "preset": "lab", "model": "lab_cnn", "epochs": len(hist),
+        "dataset": "fashion_mnist", "model": "lab_cnn", "epochs": len(hist),
         "train_accuracy": train_acc[-1], "val_accuracy": val_acc[-1], "test_accuracy": test_acc, "test_loss": 0.5,
         "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "per_class_accuracy": per_class,
         "class_names": list(per_class), "wall_seconds": 10.0, "images_per_s": images_per_s, "num_test": 10000}))

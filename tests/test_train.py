@@ -1,94 +1,86 @@
-import json
+"""The compiled train/eval functions (:class:`cnn_jax.train.Trainer`) on synthetic data, one device."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from synthetic import make_data
+from synthetic import make_data, train
 
-from cnn_jax.config import TrainConfig
-from cnn_jax.fit import fit
+from cnn_jax.config import Config, ConfigError, DataConfig, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN, get_model
 from cnn_jax.steps import default_preprocess
-from cnn_jax.train_state import make_optimizer, make_schedule
-from cnn_jax.trainer import NonFiniteLossError, Trainer
+from cnn_jax.train import NonFiniteLossError, Trainer
+from cnn_jax.train_state import make_schedule
 
 TINY = dict(widths=(8, 16), dense=32, dropout=0.1)
 TRAIN = make_data(1024, seed=0)
 VAL = make_data(300, seed=1)  # 300 = 2 full eval batches of 128 + a partial one
-BASE = TrainConfig(epochs=2, batch_size=64, eval_batch_size=128, steps_per_chunk=8, lr=3e-3)
+BASE = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
 
 
 def tiny(**kw):
     return LabCNN(**{**TINY, **kw})
 
 
-def params_of(result):
-    return jax.tree.map(np.asarray, result.trainer.host_state(result.state).params)
+def trainer_for(model=None, cfg=BASE, tta=(), **run):
+    config = Config(data=DataConfig(tta=tta), train=cfg, run=RunConfig(eval_batch_size=128, **run))
+    return Trainer(model or tiny(), config, len(TRAIN[0]), TRAIN[0].shape[1:])
 
 
-def test_learns_synthetic_data(tmp_path):
-    cfg = BASE.replace(epochs=12, schedule="cosine", warmup_steps=16)  # 16 steps/epoch -> 192 steps
-    log = tmp_path / "log.jsonl"
-    res = fit(tiny(), cfg, TRAIN, VAL, log_path=log, progress=False)
-    hist = res.history
-    assert len(hist) == 12
-    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
-    assert hist[-1]["val_accuracy"] > 0.6  # chance is 0.1
-    lines = [json.loads(s) for s in log.read_text().splitlines()]
-    assert [ln["epoch"] for ln in lines] == list(range(1, 13))
-    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_s"} <= set(lines[0])
-    assert np.asarray(lines[-1]["val_confusion"]).sum() == len(VAL[1])
-    assert res.trainer.trace_counts == {"train_chunk": 1, "evaluate": 1}
+def params_of(trainer, state):
+    return trainer.host_state(state).params
 
 
-def test_deterministic_and_no_retrace():
-    runs = [fit(tiny(), BASE, TRAIN, progress=False) for _ in range(2)]
-    chex.assert_trees_all_equal(params_of(runs[0]), params_of(runs[1]))  # bit-identical
-    # 2 epochs x 2 chunks of 8 steps: one trace of the chunk function
-    assert runs[0].trainer.trace_counts["train_chunk"] == 1
-    other = fit(tiny(), BASE.replace(seed=1), TRAIN, progress=False)
-    assert not np.array_equal(params_of(other)["Dense_1"]["kernel"], params_of(runs[0])["Dense_1"]["kernel"])
+def test_learns_and_each_function_compiles_once():
+    trainer = trainer_for(cfg=BASE.replace(epochs=12, schedule="cosine", warmup_steps=16))  # 16 steps/epoch
+    val = trainer.put_data(*VAL, for_eval=True)
+    before = trainer.evaluate(trainer.init_state(), val)
+    state = None
+    for _ in range(12):  # an epoch in two chunks of 8 steps, then an evaluation, as the loop does
+        state = train(trainer, TRAIN, 1, state, chunk=8)
+        ev = trainer.evaluate(state, val)
+    assert ev["loss"] < 0.5 * before["loss"]
+    assert ev["accuracy"] > 0.6  # chance is 0.1
+    assert int(trainer.host_state(state).step) == 12 * 16
+    assert trainer.trace_counts == {"train_chunk": 1, "evaluate": 1}  # the Trainer's own traces
 
 
-def test_chunk_function_traced_once_with_chex():
-    trainer = Trainer(tiny(), BASE, len(TRAIN[0]), TRAIN[0].shape[1:])
-    state, data = trainer.init_state(), trainer.put_data(*TRAIN)
-    chunk_fn = trainer._chunk_fns.setdefault(8, trainer._build_chunk(8))
-    counted = chex.assert_max_traces(n=1)(chunk_fn.__wrapped__)
-    fn = jax.jit(counted, donate_argnums=0)
-    for _ in range(2 * trainer.steps_per_epoch // 8):  # two epochs
-        state, _ = fn(state, *data)
-    assert int(state.step) == 2 * trainer.steps_per_epoch
+def test_deterministic_by_seed():
+    runs = [(t := trainer_for(), train(t, TRAIN, 2)) for _ in range(2)]
+    chex.assert_trees_all_equal(*(params_of(t, s) for t, s in runs))  # bit-identical
+    other = trainer_for(cfg=BASE.replace(seed=1))
+    a, b = params_of(other, train(other, TRAIN, 2))["Dense_1"]["kernel"], params_of(*runs[0])["Dense_1"]["kernel"]
+    assert not np.array_equal(a, b)
 
 
-def test_resume_matches_uninterrupted_run():
-    full = fit(tiny(), BASE, TRAIN, progress=False)
-    first = fit(tiny(), BASE, TRAIN, progress=False, callbacks=[lambda e, s, m: True])  # stop after epoch 1
-    assert len(first.history) == 1
-    resumed = fit(tiny(), BASE, TRAIN, progress=False, state=first.state)
-    assert [h["epoch"] for h in resumed.history] == [2]
-    chex.assert_trees_all_equal(params_of(full), params_of(resumed))
+def test_resume_from_host_state_matches_uninterrupted_run():
+    full = trainer_for()
+    expected = params_of(full, train(full, TRAIN, 2))
+    first = trainer_for()
+    host = first.host_state(train(first, TRAIN, 1))  # what a checkpoint holds
+    second = trainer_for()
+    resumed = train(second, TRAIN, 1, second.place_state(host))
+    chex.assert_trees_all_equal(expected, params_of(second, resumed))
 
 
 def test_non_finite_loss_stops_with_last_good_state():
-    cfg = BASE.replace(optimizer="sgd", lr=1e30, momentum=0.0, steps_per_chunk=4)
+    cfg = BASE.replace(optimizer="sgd", lr=1e30, momentum=0.0)
+    trainer = trainer_for(tiny(dropout=0.0), cfg)
     with pytest.raises(NonFiniteLossError, match=r"step \d+") as info:
-        fit(tiny(dropout=0.0), cfg, TRAIN, progress=False)
+        train(trainer, TRAIN, 2, chunk=4)
     err = info.value
     assert 1 <= err.step < 2 * (len(TRAIN[0]) // 64)
     assert int(err.state.step) == err.step
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(err.state.params))
     # the kept state is exactly what training for err.step steps gives
-    trainer = Trainer(tiny(dropout=0.0), cfg, len(TRAIN[0]), TRAIN[0].shape[1:])
-    state, _ = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=err.step)
-    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.params), err.state.params)
+    again = trainer_for(tiny(dropout=0.0), cfg)
+    state, _ = again.train_chunk(again.init_state(), again.put_data(*TRAIN), steps=err.step)
+    chex.assert_trees_all_equal(params_of(again, state), err.state.params)
 
 
 def test_evaluate_partial_batch_and_confusion():
-    cfg = BASE.replace(eval_batch_size=128)
-    trainer = Trainer(tiny(), cfg, len(TRAIN[0]), TRAIN[0].shape[1:])
+    trainer = trainer_for()
     state = trainer.init_state()
     ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
     logits = trainer.model.apply({"params": state.params}, default_preprocess(None, jnp.asarray(VAL[0])))
@@ -102,7 +94,7 @@ def test_evaluate_partial_batch_and_confusion():
 
 
 def test_evaluate_with_flip_tta_averages_mirrored_logits():
-    trainer = Trainer(tiny(), BASE, len(TRAIN[0]), TRAIN[0].shape[1:], tta=("flip",))
+    trainer = trainer_for(tta=("flip",))
     state = trainer.init_state()
     ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
     x = default_preprocess(None, jnp.asarray(VAL[0]))
@@ -113,24 +105,29 @@ def test_evaluate_with_flip_tta_averages_mirrored_logits():
     assert ev["accuracy"] == pytest.approx(np.mean(pred == VAL[1]), abs=1e-6)
     lse = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, VAL[1][:, None], -1)[:, 0]
     assert ev["loss"] == pytest.approx(float(lse.mean()), rel=1e-4)
-    with pytest.raises(ValueError, match="unknown test-time augmentation"):
-        Trainer(tiny(), BASE, len(TRAIN[0]), TRAIN[0].shape[1:], tta=("rotate",))
+    with pytest.raises(ConfigError, match=r"--tta: unknown \['rotate'\]"):
+        DataConfig(tta=("rotate",))
 
 
 @pytest.mark.parametrize("opt,schedule", [("adamw", "onecycle"), ("sgd", "cosine"), ("adam", "constant")])
 def test_optimizers_schedules_regularisers(opt, schedule):
     cfg = BASE.replace(optimizer=opt, schedule=schedule, weight_decay=1e-4, clip=1.0, label_smoothing=0.1,
                        warmup_steps=4, epochs=1, lr=1e-2)
-    res = fit(tiny(), cfg, TRAIN, VAL, progress=False)
-    assert np.isfinite(res.history[0]["train_loss"])
+    trainer = trainer_for(cfg=cfg)
+    state, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=8)
+    assert int(m["bad_step"]) == -1 and int(m["good_steps"]) == 8 and np.isfinite(float(m["loss_sum"]))
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params_of(trainer, state),
+                         params_of(trainer, trainer.init_state()))
+    assert min(jax.tree.leaves(moved)) > 0  # every parameter was updated
     sched = make_schedule(cfg, 100)
-    assert float(sched(0)) < cfg.lr + 1e-12
-    make_optimizer(cfg, 100)  # builds
+    lrs = np.array([float(sched(i)) for i in range(100)])
+    assert lrs[0] < cfg.lr and lrs.max() == pytest.approx(cfg.lr, rel=1e-3) and (lrs <= cfg.lr * (1 + 1e-6)).all()
+    if schedule != "constant":
+        assert lrs[-1] < 0.05 * cfg.lr  # decays
 
 
 def test_bf16_mixed_precision_keeps_f32_master_weights():
-    cfg = BASE.replace(precision="bf16")
-    trainer = Trainer(get_model("bn_cnn", widths=(8, 16), dense=16), cfg, len(TRAIN[0]), TRAIN[0].shape[1:])
+    trainer = trainer_for(get_model("bn_cnn", widths=(8, 16), dense=16), BASE.replace(precision="bf16"))
     state, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=4)
     state = trainer.host_state(state)
     assert all(a.dtype == np.float32 for a in jax.tree.leaves(state.params))
@@ -138,20 +135,15 @@ def test_bf16_mixed_precision_keeps_f32_master_weights():
     assert np.isfinite(float(m["loss_sum"])) and int(m["bad_step"]) == -1
     losses = {}
     for precision in ("f32", "bf16"):  # bf16 compute tracks f32 closely over a few steps
-        trainer = Trainer(tiny(), BASE.replace(precision=precision), len(TRAIN[0]), TRAIN[0].shape[1:])
+        trainer = trainer_for(cfg=BASE.replace(precision=precision))
         _, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=8)
         losses[precision] = float(m["loss_sum"]) / 8
     assert losses["bf16"] == pytest.approx(losses["f32"], abs=0.03)
 
 
-def test_early_stopping_and_config_validation():
-    cfg = BASE.replace(lr=0.0, epochs=5, early_stopping_patience=1)  # val accuracy never improves
-    res = fit(tiny(), cfg, TRAIN, VAL, progress=False)
-    assert res.stopped_early and len(res.history) == 2
-    with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="lion")
+def test_trainer_refuses_a_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="larger than the training set"):
-        Trainer(tiny(), BASE.replace(batch_size=4096), 1024, (28, 28, 1))
+        Trainer(tiny(), Config(train=BASE.replace(batch_size=4096)), 1024, (28, 28, 1))
 
 
 def test_microbatch_accumulation_matches_full_batch():
@@ -159,10 +151,12 @@ def test_microbatch_accumulation_matches_full_batch():
     cfg = BASE.replace(optimizer="sgd", lr=0.05, momentum=0.0)  # plain SGD: params move by the gradient
     out = {}
     for micro in (None, 16):
-        trainer = Trainer(model, cfg.replace(microbatch=micro), len(TRAIN[0]), TRAIN[0].shape[1:])
+        trainer = trainer_for(model, cfg.replace(microbatch=micro))
         state, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=4)
-        out[micro] = (jax.tree.map(np.asarray, state.params), float(m["loss_sum"]), int(m["correct"]))
+        out[micro] = (params_of(trainer, state), float(m["loss_sum"]), int(m["correct"]))
     chex.assert_trees_all_close(out[None][0], out[16][0], rtol=1e-4, atol=1e-6)
     assert out[None][1] == pytest.approx(out[16][1], rel=1e-5) and out[None][2] == out[16][2]
-    with pytest.raises(ValueError, match="must divide"):
-        Trainer(model, cfg.replace(microbatch=24), len(TRAIN[0]), TRAIN[0].shape[1:])  # 64 % 24: at construction
+    with pytest.raises(ConfigError, match="--microbatch 24 must divide --batch-size 64"):
+        cfg.replace(microbatch=24)  # checked where the config is built
+    with pytest.raises(ValueError, match="must divide the per-device batch 12"):  # pmap: 96 / 8 devices
+        trainer_for(model, cfg.replace(batch_size=96, microbatch=8), parallelism="pmap")

@@ -11,6 +11,7 @@ from cnn_jax.data.augment import (
     DEFAULT_AUGMENT,
     NORM_STATS,
     augment_for,
+    flips_allowed,
     make_augment,
     normalize,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Splits",
     "augment_for",
     "canonical_name",
+    "flips_allowed",
     "load",
     "make_augment",
     "normalize",

@@ -28,6 +28,7 @@ __all__ = [
     "NORM_STATS",
     "augment_for",
     "channel_stats",
+    "flips_allowed",
     "make_augment",
     "normalize",
     "random_crop",
@@ -131,20 +132,23 @@ DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {
     "emnist/digits": ("translate", "erase"),
 }
 
-_NO_FLIP = ("emnist/digits",)
+
+def flips_allowed(dataset: str) -> bool:
+    """Whether ``"flip"`` may augment ``dataset``: not for digits (a mirrored digit is another glyph)."""
+    return canonical_name(dataset) != "emnist/digits"
 
 
 def make_augment(names: Sequence[str], dataset: str | None = None) -> Augment:
     """Compose :data:`AUGMENTATIONS` ``names`` in order into one ``fn(key, x)`` (each gets its own key).
 
-    ``dataset`` given: ``"flip"`` is refused for digit datasets (a mirrored digit is another glyph).
+    ``dataset`` given: ``"flip"`` is refused where :func:`flips_allowed` says no (digit datasets).
     An empty ``names`` gives the identity.
     """
     names = tuple(names)
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise ValueError(f"unknown augmentation(s) {unknown}; known: {sorted(AUGMENTATIONS)}")
-    if dataset is not None and "flip" in names and canonical_name(dataset) in _NO_FLIP:
+    if dataset is not None and "flip" in names and not flips_allowed(dataset):
         raise ValueError(f"'flip' is not allowed for {canonical_name(dataset)}: mirrored digits are not "
                          "digits of the same class; use e.g. ('translate', 'erase')")
     fns = [AUGMENTATIONS[n] for n in names]

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["IdxError", "read_idx", "parse_idx"]
+__all__ = ["IdxError", "gunzip", "read_idx", "parse_idx"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
            0x0E: np.dtype(">f8")}
@@ -16,6 +16,16 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
 
 class IdxError(ValueError):
     """A file that is not a valid IDX file (or not a valid gzip of one)."""
+
+
+def gunzip(raw: bytes, where: str) -> bytes:
+    """``raw`` gunzipped if it is gzip, else as is; a corrupt gzip raises :class:`IdxError` naming ``where``."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise IdxError(f"{where}: corrupt or truncated gzip ({e}); fetch the file again") from e
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -39,10 +49,4 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file; ``.gz`` files are decompressed (a truncated gzip raises :class:`IdxError`)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise IdxError(f"{path}: corrupt or truncated gzip ({e}); fetch the file again") from e
-    return parse_idx(raw, path)
+        return parse_idx(gunzip(f.read(), path), path)

@@ -10,7 +10,7 @@ Flow of :func:`load`:
    fix EMNIST's orientation if the preparation did not, write the cache atomically (tmp + rename).
 3. hold out a seeded validation split from train; test is returned untouched.
 
-Arrays are host NumPy; :meth:`ArraySplit.to_device` puts them on a device (or a sharding).
+Arrays are host NumPy.
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ class ArraySplit:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def to_device(self, device=None):
-        """``(images, labels)`` as JAX arrays on ``device`` (a Device or Sharding; default device)."""
-        import jax
-
-        return jax.device_put(self.images, device), jax.device_put(self.labels, device)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,6 @@ file's own orientation and ``labels`` int64 ``(N,)``. Every failure raises :clas
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import os
 import zipfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_jax.data.idx import IdxError, parse_idx
+from cnn_jax.data.idx import gunzip, parse_idx
 
 __all__ = [
     "DATASETS",
@@ -166,15 +165,6 @@ def _has_files(spec: DatasetSpec, directory: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _decompress(raw: bytes, where: str) -> bytes:
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:
-        raise IdxError(f"{where}: corrupt or truncated gzip ({e}); fetch the file again") from e
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -190,7 +180,7 @@ def _load_members(spec: DatasetSpec, source: Path | dict[str, Path],
         out = {}
         for kind in spec.files:
             path = Path(source[kind])
-            out[kind] = (str(path), _decompress(path.read_bytes(), str(path)))
+            out[kind] = (str(path), gunzip(path.read_bytes(), str(path)))
         return out
     zip_path = source if source.is_file() else None
     if zip_path is None and not all(any(p.exists() for p in _candidates(source, f))
@@ -217,13 +207,13 @@ def _load_members(spec: DatasetSpec, source: Path | dict[str, Path],
                         raw = zf.read(member)
                     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
                         raise DataSourceError(f"{where}: cannot read zip member ({e})") from e
-                    out[kind] = (where, _decompress(raw, where))
+                    out[kind] = (where, gunzip(raw, where))
         except zipfile.BadZipFile as e:
             raise DataSourceError(f"{zip_path}: not a valid zip file ({e})") from e
         return out
     for kind, fname in spec.files.items():
         path = next(p for p in _candidates(source, fname) if p.exists())
-        out[kind] = (str(path), _decompress(path.read_bytes(), str(path)))
+        out[kind] = (str(path), gunzip(path.read_bytes(), str(path)))
     return out
 
 
@@ -269,14 +259,3 @@ def read_source(name: str, source: str | os.PathLike | dict[str, str | os.PathLi
         out[split] = (images, labels.astype(np.int64))
     return out
 
-
-def idx_gz_bytes(array: np.ndarray) -> bytes:
-    """Gzipped IDX bytes of a uint8 array (for tests and synthetic data)."""
-    array = np.ascontiguousarray(array, np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return gzip.compress(header + array.tobytes(), mtime=0)
-
-
-def write_idx_gz(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzipped IDX file (for tests and synthetic data)."""
-    Path(path).write_bytes(idx_gz_bytes(array))

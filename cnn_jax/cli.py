@@ -1,0 +1,138 @@
+"""The experiment scripts' command line: a preset, overridden field by field, trained in a run folder.
+
+Every :class:`~cnn_jax.config.Config` field is a flag by its dotted name (``--train.lr 3e-3``,
+``--model.widths 32 64``, ``--run.keep 4``); the short flags users type (``--lr``, ``--epochs``,
+``--batch-size``, ...; :data:`~cnn_jax.config.FLAGS`) are the same options. A run folder is
+``<workdir>/<run>`` (default ``checkpoints/<dataset>/<preset>``); the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from cnn_jax import parallel
+from cnn_jax.config import CHOICES, PRESETS, Config, ConfigError, ModelConfig, field_types, flag
+
+__all__ = ["build_parser", "parse", "main"]
+
+EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
+_HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta": "flip; no names: none",
+         "train.microbatch": "gradient accumulation slice (CPU speed); 0: off", "train.batch_size": "global batch",
+         "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap"}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _optional(tp):
+    def convert(text: str):
+        return None if text.lower() == "none" else tp(text)
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"experiments/{dataset.replace('/', '_')}.py", description=f"Train a CNN on {dataset}; resumable. "
+        "Every config field is a flag by its dotted name; the short flags are the same options.")
+    p.add_argument("--preset", default="lab", help=f"named config to start from: {sorted(PRESETS)} (default lab)")
+    p.add_argument("--workdir", default=None, help=f"parent folder of runs (default checkpoints/{dataset})")
+    p.add_argument("--run", default=None, help="run name (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="require resuming (error if nothing to resume)")
+    p.add_argument("--new-run", action="store_true", help="start a fresh run <run>-N beside a run with checkpoints")
+    for section in ("data", "model", "train", "run"):
+        g = p.add_argument_group(f"{section} (default: the preset's)")
+        for name, tp in field_types(section).items():
+            key = f"{section}.{name}"
+            if key == "data.dataset":
+                continue  # the script's
+            alias = flag(key)
+            names = [f"--{key}"] + ([alias] if tp is not bool else [])
+            optional = type(None) in typing.get_args(tp)  # X | None
+            base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+            kw: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS, "help": _HELP.get(key)}
+            if typing.get_origin(base) is tuple:
+                elem = typing.get_args(base)[0]
+                kw.update(nargs="*" if elem is str else "+", type=elem, metavar=elem.__name__.upper())
+            elif base is bool:
+                kw.update(type=_bool, metavar="BOOL")
+            else:
+                kw.update(type=_optional(base) if optional else base)
+                kw.update(choices=CHOICES[key]) if key in CHOICES else kw.update(metavar=name.upper())
+            g.add_argument(*names, **kw)
+            if tp is bool:  # --download, --no-verify, ...: a switch
+                g.add_argument(alias, dest=key, action="store_false" if alias.startswith("--no-") else "store_true",
+                               default=argparse.SUPPRESS, help=_HELP.get(key))
+    return p
+
+
+def parse(dataset: str, argv: list[str] | None = None) -> tuple[Config, Path, argparse.Namespace]:
+    """``(config, run folder, args)`` from the command line, checked before any work (one-line errors)."""
+    from cnn_jax.data import canonical_name, flips_allowed
+    from cnn_jax.train import has_checkpoints
+
+    parser = build_parser(dataset)
+    args = parser.parse_args(argv)
+    if args.preset not in PRESETS:
+        parser.error(f"--preset: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    try:
+        dataset = canonical_name(dataset)
+        config = PRESETS[args.preset]
+        views = {k: tuple(v for v in getattr(config.data, k) if flips_allowed(dataset) or v != "flip")
+                 for k in ("augment", "tta")}  # a preset's flips never apply to digits
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset, **views))
+        if overrides.get("model.name", config.model.name) != config.model.name:  # another model: its defaults
+            config = dataclasses.replace(config, model=ModelConfig(name=overrides["model.name"]))
+        config = config.override(overrides)
+    except (ConfigError, ValueError) as e:
+        parser.error(str(e))
+    workdir = Path(args.workdir or Path("checkpoints") / dataset.replace("/", "_"))
+    from cnn_jax.files import unwritable
+
+    if problem := unwritable(workdir):
+        parser.error(f"--workdir {workdir}: {problem}; pick another --workdir")
+    run_dir = workdir / (args.run or args.preset)
+    if args.new_run and has_checkpoints(run_dir):
+        base, i = run_dir, 2
+        while (run_dir := base.with_name(f"{base.name}-{i}")).exists():
+            i += 1
+        print(f"--new-run: {base} has checkpoints; starting a new run in {run_dir}")
+    if args.resume and not has_checkpoints(run_dir):
+        parser.error(f"--resume: no checkpoints in {run_dir / 'ckpt'} to resume from")
+    return config, run_dir, args
+
+
+def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The experiment scripts' entry: parse, start ``jax.distributed`` when asked or detected (before anything
+    touches a device), train and evaluate. Errors are one line (exit 2 for flags, 1 for data/checkpoints,
+    3 for a diverged run); SIGTERM/SIGINT save and exit 143/130."""
+    config, run_dir, _ = parse(dataset, argv)
+    parallel.initialize_distributed(config.run.distributed)
+    import jax
+
+    from cnn_jax.checkpoint import CheckpointError
+    from cnn_jax.data import DatasetNotFoundError, DataSourceError, IdxError
+    from cnn_jax.train import NonFiniteLossError, StoppedError, train_and_evaluate
+
+    try:
+        return train_and_evaluate(config, run_dir)
+    except (CheckpointError, DatasetNotFoundError, DataSourceError, IdxError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    except NonFiniteLossError as e:
+        print(f"error: {e}; the last good checkpoint in {run_dir / 'ckpt'} is kept. Lower --lr or add --clip, then "
+              "start a new run (--new-run).", file=sys.stderr)
+        raise SystemExit(3) from None
+    except StoppedError as e:
+        if jax.process_index() == 0:
+            cmd = " ".join(["python", sys.argv[0] or "experiments/<dataset>.py", *(argv or sys.argv[1:])])
+            print(f"{e}; resume with the same command: {cmd}")
+        raise SystemExit(EXIT_SIGNAL.get(e.signal, 1)) from None

@@ -1,0 +1,438 @@
+"""The training program: ``train_and_evaluate(config, workdir)``.
+
+Data flows one way: data (host numpy) -> model -> compiled steps (:class:`Trainer`) -> epoch loop ->
+checkpoints (:mod:`cnn_jax.checkpoint`) -> ``results.json`` and figures. A run folder holds::
+
+    config.json      the Config (data, model, train, run)    metrics.jsonl   one line per epoch
+    ckpt/<step>/     Orbax checkpoints (latest N + best)     results.json    final metrics
+    figures/*.png    curves, confusion matrix, predictions, first-layer filters and feature maps
+
+One compiled path for 1..N devices and hosts: ``jit`` over a :class:`~jax.sharding.Mesh` (one device is a
+mesh of one), the batch split over its ``"data"`` axis; ``pmap`` (one host) is built from the same step.
+Multi-process: every process runs the same program on the same host data; Orbax saves and restores across
+processes; only process 0 writes the run's files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from cnn_jax import parallel
+from cnn_jax.checkpoint import IncompatibleCheckpointError, RunCheckpointer, StopSignal
+from cnn_jax.config import Config, differences
+from cnn_jax.files import write_json, write_text
+from cnn_jax.models import get_model
+from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
+from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, model_variables
+
+__all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
+           "saved_config", "has_checkpoints", "CKPT_SUBDIR", "CONFIG_FILE"]
+
+CKPT_SUBDIR = "ckpt"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient at global step ``step``; ``state`` is the last good
+    state (all updates up to step ``step - 1``), as host arrays."""
+
+    def __init__(self, step: int, state: TrainState):
+        super().__init__(f"non-finite loss or gradient at train step {step}; last good state is at step {step}")
+        self.step = step
+        self.state = state
+
+
+class StoppedError(Exception):
+    """SIGTERM/SIGINT (or a preemption notice on a multi-host run) stopped training after a checkpoint was
+    saved; ``signal`` names it, ``step`` is the saved step."""
+
+    def __init__(self, signal: str, step: int):
+        super().__init__(f"{signal}: saved checkpoint at step {step}")
+        self.signal, self.step = signal, step
+
+
+def build_model(config: Config, num_classes: int) -> nn.Module:
+    return get_model(config.model.name, num_classes=num_classes, **config.model.kwargs())
+
+
+class Trainer:
+    """The compiled train/eval functions for one model and config (one trace per chunk length, counted in
+    ``trace_counts``); state and data go in and out explicitly.
+
+    Args:
+      model: a Flax module called as ``model.apply(vars, x, train=...)``.
+      config: the run's :class:`~cnn_jax.config.Config` (``train``, ``run.parallelism``, ``data.tta``).
+      num_train: training-set size N (steps per epoch = ``N // batch_size``, the schedule length).
+      input_shape: one example ``(H, W, C)``.
+      preprocess / eval_preprocess: ``(key, uint8 (B,H,W,C)) -> float (B,H,W,C)`` inside the compiled step.
+      devices: default: every device of every process (``sharded``, ``pmap``: this host's), the first for ``none``.
+    """
+
+    def __init__(self, model: nn.Module, config: Config, num_train: int, input_shape: Sequence[int],
+                 preprocess: Preprocess | None = None, eval_preprocess: Preprocess | None = None,
+                 devices: Sequence[jax.Device] | None = None):
+        cfg, run = config.train, config.run
+        self.config, self.cfg, self.input_shape = config, cfg, tuple(input_shape)
+        self.steps_per_epoch = num_train // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({num_train})")
+        self.preprocess = preprocess or default_preprocess
+        self.eval_preprocess = eval_preprocess or self.preprocess
+        self.tx = make_optimizer(cfg, self.steps_per_epoch * max(cfg.epochs, 1))
+        self.pmap = run.parallelism == "pmap"
+        devices = list(devices) if devices is not None else (jax.local_devices() if self.pmap else jax.devices())
+        self.devices = devices[:1] if run.parallelism == "none" else devices
+        n = len(self.devices)
+        if cfg.batch_size % n or run.eval_batch_size % n:
+            raise ValueError(f"batch sizes ({cfg.batch_size}, {run.eval_batch_size}) must divide evenly over {n} "
+                             "devices")
+        local = cfg.batch_size // n if self.pmap else cfg.batch_size
+        if cfg.microbatch and local > cfg.microbatch and local % cfg.microbatch:
+            raise ValueError(f"--microbatch {cfg.microbatch} must divide the per-device batch {local}")
+        self.model = model
+        self.mesh = parallel.make_mesh(self.devices[:1] if self.pmap else self.devices)  # pmap evaluates here
+        self.trace_counts: Counter[str] = Counter()
+        self._chunk_fns: dict[int, Any] = {}
+        self._eval_fn = self._build_eval()
+
+    # ------------------------------------------------------------------------------------ placement
+    def abstract_state(self) -> TrainState:
+        """Shapes and dtypes of the state (no compute): the target of a checkpoint restore."""
+        return jax.eval_shape(lambda: create_train_state(self.model, self.tx, self.input_shape, self.cfg.seed))
+
+    def init_state(self) -> TrainState:
+        """Fresh state from ``train.seed``, placed."""
+        return self.place_state(create_train_state(self.model, self.tx, self.input_shape, self.cfg.seed))
+
+    def place_state(self, state: TrainState) -> TrainState:
+        """Host (or device) state -> replicated on the mesh, or stacked per device for ``pmap``."""
+        if self.pmap:
+            return parallel.put_pmap_replicated(state, self.devices)
+        return parallel.put_replicated(state, self.mesh)
+
+    def host_state(self, state: TrainState) -> TrainState:
+        """A numpy copy of the (unreplicated) state."""
+        return parallel.to_host(parallel.unreplicate(state) if self.pmap else state)
+
+    def put_data(self, images: np.ndarray, labels: np.ndarray, for_eval: bool = False) -> tuple[Any, Any]:
+        """Device-resident ``(uint8 (N,H,W,C), int32 (N,))``: replicated on the mesh (stacked per device for
+        ``pmap`` training)."""
+        data = (np.asarray(images), np.asarray(labels, np.int32))
+        if self.pmap and not for_eval:
+            return parallel.put_pmap_replicated(data, self.devices)
+        return parallel.put_replicated(data, self.mesh)
+
+    # ------------------------------------------------------------------------------------- compiled
+    def _build_chunk(self, steps: int):
+        cfg = self.cfg
+        axis = parallel.PMAP_AXIS if self.pmap else None
+        model = self.model
+        if self.pmap and "bn_axis_name" in getattr(model, "__dataclass_fields__", {}):
+            model = model.clone(bn_axis_name=axis)  # batch statistics over all devices, as on the mesh
+        step_fn = functools.partial(
+            train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
+            compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32, axis_name=axis,
+            microbatch=cfg.microbatch)
+        kw = dict(step_fn=step_fn, steps=steps, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
+        if self.pmap:
+            kw.update(local_batch=cfg.batch_size // len(self.devices), axis_name=axis)
+        else:
+            kw.update(batch_sharding=parallel.data_sharded(self.mesh))
+
+        def fn(state, images, labels):
+            self.trace_counts["train_chunk"] += 1
+            return train_chunk(state, images, labels, **kw)
+
+        if self.pmap:
+            return jax.pmap(fn, axis_name=axis, devices=self.devices, donate_argnums=0)
+        rep = parallel.replicated(self.mesh)
+        return jax.jit(fn, donate_argnums=0, in_shardings=(rep, rep, rep), out_shardings=(rep, rep))
+
+    def _build_eval(self):
+        kw = dict(model=self.model, batch=self.config.run.eval_batch_size, preprocess=self.eval_preprocess,
+                  batch_sharding=parallel.data_sharded(self.mesh), tta=self.config.data.tta)
+
+        def fn(state, images, labels):
+            self.trace_counts["evaluate"] += 1
+            return evaluate(state, images, labels, **kw)
+
+        rep = parallel.replicated(self.mesh)
+        return jax.jit(fn, in_shardings=(rep, rep, rep), out_shardings=rep)
+
+    def train_chunk(self, state: TrainState, data: tuple[Any, Any], steps: int | None = None
+                    ) -> tuple[TrainState, dict[str, Any]]:
+        """``steps`` (default ``run.steps_per_chunk`` or an epoch) fused steps; ``state`` is donated.
+        Returns the new state and device metrics (:func:`cnn_jax.steps.train_chunk`), not synced."""
+        steps = steps or self.config.run.steps_per_chunk or self.steps_per_epoch
+        if steps not in self._chunk_fns:
+            self._chunk_fns[steps] = self._build_chunk(steps)
+        state, metrics = self._chunk_fns[steps](state, *data)
+        return state, parallel.unreplicate(metrics) if self.pmap else metrics
+
+    def check_finite(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        """Raise :class:`NonFiniteLossError` (host sync) if the chunk hit a non-finite step."""
+        bad = int(parallel.to_host(metrics["bad_step"]))
+        if bad >= 0:
+            raise NonFiniteLossError(bad, self.host_state(state))
+
+    def evaluate(self, state: TrainState, data: tuple[Any, Any]) -> dict[str, Any]:
+        """``{"loss", "accuracy", "confusion"}`` as numpy, on ``put_data(..., for_eval=True)`` data."""
+        if self.pmap:
+            state = parallel.put_replicated(parallel.unreplicate(state), self.mesh)
+        return parallel.to_host(self._eval_fn(state, *data))
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_data(config: Config):
+    """The run's splits (``config.data``; ``limit`` cuts train and test) and its train/eval preprocessing."""
+    from cnn_jax.data import NORM_STATS, augment_for, load, normalize
+
+    d = config.data
+    splits = load(d.dataset, data_dir=d.data_dir, source_dir=d.source_dir, val_size=d.val_size,
+                  seed=config.train.seed, download=d.download, verify=d.verify)
+    if d.limit:
+        splits = dataclasses.replace(splits, **{s: dataclasses.replace(
+            getattr(splits, s), images=getattr(splits, s).images[:d.limit], labels=getattr(splits, s).labels[:d.limit])
+            for s in ("train", "test")})
+    aug = augment_for(d.dataset, d.augment) if d.augment else None
+    stats = NORM_STATS.get(d.dataset)
+
+    def preprocess(key, x):  # augment in [0, 1] (shifts fill with black, the background), then standardise
+        x = normalize(x)
+        x = aug(key, x) if aug is not None else x
+        return x if stats is None else (x - stats[0]) / stats[1]
+
+    def eval_preprocess(key, x):
+        return normalize(x, d.dataset)
+
+    return splits, preprocess, eval_preprocess
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def has_checkpoints(run_dir: str | Path) -> bool:
+    ckpt_dir = Path(run_dir) / CKPT_SUBDIR
+    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run folder's checkpoints were made with (the latest readable one's record; else
+    ``config.json``); None if the folder has no checkpoints."""
+    if not has_checkpoints(run_dir):
+        return None
+    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, read_only=True)
+    try:
+        for step in ckpt.steps()[::-1]:
+            try:
+                return ckpt.read_meta(step)["config"]
+            except Exception:  # noqa: BLE001 - damaged: the restore will say so and fall back
+                continue
+    finally:
+        ckpt.close()
+    path = run_dir / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
+    """Train ``config`` in the run folder ``workdir`` (resuming its checkpoints), test, write results.
+
+    Returns ``results.json``'s content. Raises :class:`IncompatibleCheckpointError` (before anything is
+    touched) when the folder's checkpoints were made with another config, :class:`NonFiniteLossError` and
+    :class:`StoppedError` (after saving) when training cannot go on.
+    """
+    parallel.initialize_distributed(config.run.distributed)  # before anything touches a device
+    run_dir = Path(workdir)
+    is_main = jax.process_index() == 0
+    say = print if is_main else (lambda *a, **k: None)
+    saved = saved_config(run_dir)
+    if saved is not None and (diffs := differences(saved, config)):
+        raise IncompatibleCheckpointError(run_dir, diffs)
+
+    t_start = time.perf_counter()
+    splits, preprocess, eval_preprocess = load_data(config)
+    train, val, test = splits.train, splits.val, splits.test
+    model = build_model(config, splits.num_classes)
+    trainer = Trainer(model, config, len(train), train.images.shape[1:], preprocess, eval_preprocess)
+    cfg, spe = config.train, trainer.steps_per_epoch
+    dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),
+               "num_classes": splits.num_classes, "class_names": list(splits.class_names),
+               "input_shape": list(train.images.shape[1:])}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep)
+    try:
+        history: list[dict[str, Any]] = []
+        partial = None  # running sums of a partly trained epoch
+        if saved is not None:
+            restored = ckpt.restore(trainer.abstract_state())
+            state = trainer.place_state(restored.state)
+            history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
+            if restored.step >= cfg.epochs * spe and partial is None and (run_dir / "results.json").is_file():
+                say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / 'results.json'}."
+                    " Pass --new-run (or another --run) to train again.")
+                return json.loads((run_dir / "results.json").read_text())
+            say(f"resuming {run_dir} from checkpoint step {restored.step} "
+                f"(epoch {len(history)} done{', mid-epoch' if partial else ''})")
+        else:
+            state = trainer.init_state()
+            say(f"new run in {run_dir}")
+        if is_main:
+            write_json(run_dir / CONFIG_FILE, config.to_dict())
+            write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+        def save(state, history, partial=None, metrics=None) -> int:
+            host = trainer.host_state(state)
+            step = int(np.ravel(host.step)[0])
+            ckpt.save(step, host, {"config": config.to_dict(), "dataset": dataset, "epoch": len(history),
+                                   "history": history, "epoch_progress": partial}, metrics)
+            return step
+
+        with StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None) as stop:
+            state, history, stopped_early = _epochs(trainer, config, state, history, partial, train, val,
+                                                   test if config.run.track_test else None, run_dir, ckpt, save,
+                                                   stop, is_main)
+        ckpt.wait()
+        results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early, test,
+                          time.perf_counter() - t_start, is_main)
+    finally:
+        ckpt.close()
+    return results
+
+
+def _epochs(trainer: Trainer, config: Config, state, history, partial, train, val, monitor, run_dir: Path,
+            ckpt: RunCheckpointer, save: Callable, stop: StopSignal, is_main: bool):
+    """The epoch loop: compiled chunks, progress, per-epoch evaluation, metrics line and checkpoint."""
+    cfg, spe = config.train, trainer.steps_per_epoch
+    chunk = min(config.run.steps_per_chunk or spe, spe)
+    train_data = trainer.put_data(train.images, train.labels)
+    val_data = trainer.put_data(val.images, val.labels, for_eval=True) if len(val) else None
+    monitor_data = trainer.put_data(monitor.images, monitor.labels, for_eval=True) if monitor is not None else None
+    start_step = int(np.ravel(trainer.host_state(state).step)[0])
+    fit_start = time.perf_counter() - (history[-1].get("elapsed", 0.0) if history else 0.0)
+    if _stalled(history, cfg.early_stopping_patience):
+        return state, history, True
+    for epoch in range(start_step // spe, cfg.epochs):
+        skip = start_step - epoch * spe if epoch == start_step // spe else 0
+        sums = dict(partial) if skip and partial else {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        t0 = time.perf_counter() - sums["seconds"]
+        bar = tqdm(total=spe * cfg.batch_size, initial=skip * cfg.batch_size, unit="img", leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (config.run.progress and is_main),
+                   dynamic_ncols=True)
+        done = skip
+        while done < spe:
+            steps = min(chunk, spe - done)
+            state, m = trainer.train_chunk(state, train_data, steps)
+            trainer.check_finite(state, m)  # the one host sync per chunk
+            m = parallel.to_host(m)
+            done += steps
+            sums.update(loss_sum=sums["loss_sum"] + float(m["loss_sum"]), correct=sums["correct"] + int(m["correct"]),
+                        seen=sums["seen"] + steps * cfg.batch_size)
+            bar.update(steps * cfg.batch_size)
+            bar.set_postfix(loss=f"{sums['loss_sum'] / max(sums['seen'] // cfg.batch_size, 1):.4f}",
+                            acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}",
+                            img_s=f"{sums['seen'] / (time.perf_counter() - t0):,.0f}")
+            if done < spe and stop():  # mid-epoch: keep the epoch's running sums
+                bar.close()
+                ckpt.wait()
+                raise StoppedError(stop.requested, save(state, history, {**sums, "seconds": time.perf_counter() - t0}))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1, "step": (epoch + 1) * spe,
+            "train_loss": sums["loss_sum"] / max(sums["seen"] // cfg.batch_size, 1),
+            "train_accuracy": sums["correct"] / max(sums["seen"], 1), "seconds": seconds,
+            "images_per_s": sums["seen"] / seconds}
+        if val_data is not None:
+            ev = trainer.evaluate(state, val_data)
+            metrics.update(val_loss=float(ev["loss"]), val_accuracy=float(ev["accuracy"]),
+                           val_confusion=np.asarray(ev["confusion"]).tolist())
+        if monitor_data is not None:
+            ev = trainer.evaluate(state, monitor_data)
+            metrics.update(test_loss=float(ev["loss"]), test_accuracy=float(ev["accuracy"]))
+        metrics["elapsed"] = time.perf_counter() - fit_start
+        history = [*history, metrics]
+        if is_main:
+            with (run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if config.run.progress:
+                val_txt = f" val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f}" \
+                    if val_data is not None else ""
+                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}"
+                           f"{val_txt} ({metrics['images_per_s']:,.0f} img/s)")
+        step = save(state, history, metrics={"val_accuracy": metrics.get("val_accuracy", float("nan"))})
+        if epoch + 1 < cfg.epochs and stop():
+            ckpt.wait()
+            raise StoppedError(stop.requested, step)
+        if _stalled(history, cfg.early_stopping_patience):
+            return state, history, True
+    return state, history, False
+
+
+def _stalled(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs since the best validation accuracy."""
+    accs = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
+    return patience is not None and bool(accs) and len(accs) - 1 - int(np.argmax(accs)) >= patience
+
+
+# ------------------------------------------------------------------------------------------- results
+def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Trainer, state, history,
+            stopped_early: bool, test, wall: float, is_main: bool) -> dict[str, Any]:
+    """Test metrics, ``results.json`` and figures (process 0) for a finished run."""
+    from cnn_jax import plots
+    from cnn_jax.data import normalize
+    from cnn_jax.steps import tta_logits
+
+    ev = trainer.evaluate(state, trainer.put_data(test.images, test.labels, for_eval=True))
+    last = history[-1] if history else {}
+    confusion = np.asarray(ev["confusion"])
+    per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+    host = trainer.host_state(state)
+    variables = model_variables(host.params, host.batch_stats)
+    logits = tta_logits(lambda x: trainer.model.apply(variables, x, train=False),
+                        normalize(test.images[:64], config.data.dataset), config.data.tta)
+    with_val = [h for h in history if h.get("val_accuracy") is not None]
+    best = max(with_val, key=lambda h: h["val_accuracy"]) if with_val else None
+    timed = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    names = dataset["class_names"]
+    results = {
+        "dataset": config.data.dataset, "model": config.model.name, "epochs": len(history),
+        "stopped_early": stopped_early, **{k: last.get(k) for k in ("train_loss", "train_accuracy", "val_loss",
+                                                                      "val_accuracy")},
+        "test_loss": float(ev["loss"]), "test_accuracy": float(ev["accuracy"]),
+        "best_epoch": best["epoch"] if best else None, "best_val_accuracy": best["val_accuracy"] if best else None,
+        "per_class_accuracy": dict(zip(names, per_class, strict=True)), "confusion_matrix": confusion.tolist(),
+        "class_names": names, "wall_seconds": wall, "train_seconds": sum(h.get("seconds", 0) for h in history),
+        "images_per_s": float(np.median(timed)) if timed else None,
+        "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+        "process_count": jax.process_count(), "backend": jax.default_backend(), **{
+            k: dataset[k] for k in ("num_train", "num_val", "num_test")},
+        "versions": _versions(), "host": platform.node(), "run_dir": str(run_dir),
+    }
+    if is_main:
+        figures = plots.write_run_figures(run_dir / "figures", history, confusion, names, test,
+                                          np.asarray(np.argmax(logits, -1)), host.params, config.data.dataset)
+        results["figures"] = [str(p) for p in figures]
+        write_json(run_dir / "results.json", results)
+        print(f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f}); "
+              f"wrote {run_dir / 'results.json'} and {len(figures)} figures in {run_dir / 'figures'}")
+    return results
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    have = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in metadata.distributions()}
+    pkgs = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "cnn-jax")
+    return {"python": platform.python_version(), **{p: have[p] for p in pkgs if p in have}}
