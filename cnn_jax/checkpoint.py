@@ -14,8 +14,11 @@ writes into a temporary folder and renames it when complete, so a save that did 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import warnings
@@ -28,12 +31,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cnn_jax.files import write_json
 from cnn_jax.parallel import to_host
 
-__all__ = ["CheckpointError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer", "StopSignal"]
+__all__ = ["CheckpointError", "DiskFullError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer",
+           "StopSignal", "DIGEST"]
+
+DIGEST = "cnn_jax_digest.json"  # in each finished checkpoint: the SHA-256 of its files
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint (all damaged, or none)."""
+
+
+class DiskFullError(CheckpointError):
+    """Not enough free space for the next checkpoint."""
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -83,7 +95,8 @@ class RunCheckpointer:
         # Retention is ours (:meth:`_prune`): Orbax's BestN forgets metrics when a manager is reopened
         # (tests/test_checkpoint.py::test_orbax_best_n_forgets_metrics_on_reopen).
         options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
-                                               enable_async_checkpointing=async_save and not read_only)
+                                               enable_async_checkpointing=async_save and not read_only,
+                                               cleanup_tmp_directories=not read_only)  # a killed save's
         absl_log = logging.getLogger("absl")
         level = absl_log.level
         if read_only:  # Orbax warns that a read-only manager is read-only
@@ -114,40 +127,57 @@ class RunCheckpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, abstract_state: Any = None, step: int | None = None) -> Restored:
-        """Restore ``step`` (default: the latest good one) onto the structure of ``abstract_state`` (None: as
-        saved, nested dicts of numpy arrays).
+    def restore(self, abstract_state: Any = None, step: int | None = None, *, exact: bool = False) -> Restored:
+        """Restore ``step`` (default: the latest) onto the structure of ``abstract_state`` (None: as saved,
+        nested dicts of numpy arrays).
 
-        A damaged checkpoint (unreadable or partly deleted files) is reported with a warning and the next
-        older one is tried; :class:`CheckpointError` when none is usable.
+        A damaged checkpoint (unreadable, missing files, bytes that differ from the digest recorded when it
+        was saved, non-finite parameters) is reported in a one-line warning and the newest other good one
+        is used instead (``exact``: no fallback); a writable checkpointer deletes the damaged ones, so that
+        training replaces them. :class:`CheckpointError` when none is usable.
         """
         steps = self.steps()
-        if step is not None:
-            if step not in steps:
-                raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; have {steps}")
-            candidates = [step]
-        else:
-            candidates = steps[::-1]
+        if step is not None and step not in steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; have {steps}")
+        candidates = [step] * (step is not None) + ([] if exact else [s for s in steps[::-1] if s != step])
         if not candidates:
             raise CheckpointError(f"{self.directory}: no checkpoints")
         target = None if abstract_state is None else jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
                                                                     abstract_state)
-        errors = []
+        errors, damaged = [], []
         for s in candidates:
             try:
+                self._verify(s)
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.PyTreeRestore(target), meta=ocp.args.JsonRestore()))
-                state = out["state"]
                 if target is not None:
-                    _check_structure(target, state, s, self.directory)
-                return Restored(state, dict(out["meta"]), s)
+                    _check_structure(target, out["state"], s, self.directory)
+                if not all(np.isfinite(a).all() for a in jax.tree.leaves(out["state"])
+                           if np.issubdtype(np.asarray(a).dtype, np.floating)):
+                    raise CheckpointError("non-finite parameters")
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged; try the previous one
-                errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                errors.append(f"step {s}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+                damaged.append(s)
                 warnings.warn(f"checkpoint {self.directory / str(s)} is damaged ({errors[-1]}); "
-                              "falling back to the previous one", stacklevel=2)
-        raise CheckpointError(f"{self.directory}: no usable checkpoint:\n  " + "\n  ".join(errors))
+                              "using the newest good one instead", stacklevel=2)
+                continue
+            if not self.read_only:
+                for d in damaged:
+                    self.manager.delete(d)
+            return Restored(out["state"], dict(out["meta"]), s)
+        raise CheckpointError(f"{self.directory}: no usable checkpoint: " + "; ".join(errors))
+
+    def _verify(self, step: int) -> None:
+        """Compare the step's files with the digest recorded when it was saved (when it has one)."""
+        path = self.directory / str(step) / DIGEST
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            now = _digest(self.directory / str(step))
+            changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+            if changed:
+                raise CheckpointError(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
 
     # ----------------------------------------------------------------------------------------- write
     def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None
@@ -157,17 +187,28 @@ class RunCheckpointer:
         self._prune()
         if step in self.steps():
             return False
+        state = to_host(state)
+        need, free = sum(a.nbytes for a in jax.tree.leaves(state)) + 2**20, shutil.disk_usage(self.directory).free
+        if free < need:  # refuse before Orbax's writer threads fail half-way
+            raise DiskFullError(f"no space left on the device of {self.directory}: a checkpoint needs up to "
+                                f"{need / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the checkpoints saved "
+                                "before are intact: free some space and run the same command to resume")
         metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v) and np.isfinite(v)}
         meta = {**meta, "metrics": metrics}
         return bool(self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(to_host(state)), meta=ocp.args.JsonSave(meta)), force=True))
+            state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True))
 
     def _prune(self) -> None:
-        """Keep the latest ``keep`` checkpoints and the best by ``best_metric``; delete the rest."""
+        """Record the digests of finished saves; keep the latest ``keep`` checkpoints and the best by
+        ``best_metric``; delete the rest."""
         self.manager.wait_until_finished()
         if self.read_only:
             return
         steps = self.steps()
+        for s in steps:
+            path = self.directory / str(s) / DIGEST
+            if jax.process_index() == 0 and not path.is_file():
+                write_json(path, _digest(path.parent))
         keep = set(steps[-self.keep:])
         best = self.best_step()
         if best is not None:
@@ -181,8 +222,19 @@ class RunCheckpointer:
         self._prune()
 
     def close(self) -> None:
-        self._prune()
-        self.manager.close()
+        try:
+            self._prune()
+        finally:
+            self.manager.close()
+            if not self.read_only and jax.process_index() == 0:  # a save that failed (disk full) leaves these
+                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _digest(step_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file of a checkpoint (relative path -> hex), the digest file itself excepted."""
+    return {str(p.relative_to(step_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != DIGEST}
 
 
 def _check_structure(target: Any, restored: Any, step: int, directory: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 from pathlib import Path
@@ -100,7 +101,11 @@ def parse(dataset: str, argv: list[str] | None = None) -> tuple[Config, Path, ar
 
     if problem := unwritable(workdir):
         parser.error(f"--workdir {workdir}: {problem}; pick another --workdir")
-    run_dir = workdir / (args.run or args.preset)
+    name = args.run or args.preset
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        parser.error(f"--run: {name!r} is not a plain name (letters, digits, '.', '_', '-'; no folders); "
+                     "put folders in --workdir")
+    run_dir = workdir / name
     if args.new_run and has_checkpoints(run_dir):
         base, i = run_dir, 2
         while (run_dir := base.with_name(f"{base.name}-{i}")).exists():
@@ -121,15 +126,17 @@ def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
 
     from cnn_jax.checkpoint import CheckpointError
     from cnn_jax.data import DatasetNotFoundError, DataSourceError, IdxError
-    from cnn_jax.train import NonFiniteLossError, StoppedError, train_and_evaluate
+    from cnn_jax.files import RunLockedError
+    from cnn_jax.train import NonFiniteLossError, StoppedError, has_checkpoints, train_and_evaluate
 
     try:
         return train_and_evaluate(config, run_dir)
-    except (CheckpointError, DatasetNotFoundError, DataSourceError, IdxError, ValueError) as e:
+    except (CheckpointError, DatasetNotFoundError, DataSourceError, IdxError, RunLockedError, ValueError) as e:
         sys.exit(f"error: {e}")
     except NonFiniteLossError as e:
-        print(f"error: {e}; the last good checkpoint in {run_dir / 'ckpt'} is kept. Lower --lr or add --clip, then "
-              "start a new run (--new-run).", file=sys.stderr)
+        kept = f"the last good checkpoint in {run_dir / 'ckpt'} is kept" if has_checkpoints(run_dir) else \
+            "no checkpoint had been saved yet"
+        print(f"error: {e}; {kept}. Lower --lr or add --clip, then start a new run (--new-run).", file=sys.stderr)
         raise SystemExit(3) from None
     except StoppedError as e:
         if jax.process_index() == 0:

@@ -110,6 +110,9 @@ class ModelConfig(_Section):
         for name in ("dropout", "conv_dropout"):
             v = getattr(self, name)
             _check("model", name, v is None or 0 <= v < 1, "must be in [0, 1)", v)
+        _check("model", "widths", self.widths is None or (len(self.widths) > 0 and min(self.widths) >= 1),
+               "must be one or more numbers >= 1", self.widths)
+        _check("model", "dense", self.dense is None or self.dense >= 1, "must be >= 1", self.dense)
 
     def kwargs(self) -> dict[str, Any]:
         """The set constructor arguments (``None``: the model's default)."""
@@ -141,9 +144,18 @@ class TrainConfig(_Section):
         _check_choices("train", self)
         if self.microbatch == 0:
             object.__setattr__(self, "microbatch", None)
-        _check("train", "epochs", self.epochs >= 0, "must be >= 0", self.epochs)
+        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "weight_decay", "momentum")}
+        _check("train", "epochs", self.epochs >= 1, "must be >= 1", self.epochs)
         _check("train", "batch_size", self.batch_size > 0, "must be > 0", self.batch_size)
-        _check("train", "lr", math.isfinite(self.lr) and self.lr > 0, "must be > 0", self.lr)
+        _check("train", "lr", finite["lr"] and self.lr > 0, "must be a finite number > 0", self.lr)
+        _check("train", "weight_decay", finite["weight_decay"] and self.weight_decay >= 0,
+               "must be a finite number >= 0", self.weight_decay)
+        _check("train", "momentum", finite["momentum"] and 0 <= self.momentum < 1, "must be in [0, 1)", self.momentum)
+        _check("train", "warmup_steps", self.warmup_steps >= 0, "must be >= 0", self.warmup_steps)
+        _check("train", "clip", self.clip is None or (math.isfinite(self.clip) and self.clip > 0),
+               "must be a finite number > 0 (or none: off)", self.clip)
+        _check("train", "early_stopping_patience", self.early_stopping_patience is None
+               or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
         _check("train", "microbatch", (self.microbatch or 1) > 0, "must be >= 0 (0: off)", self.microbatch)
         if self.microbatch and self.batch_size > self.microbatch and self.batch_size % self.microbatch:

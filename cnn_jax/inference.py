@@ -53,6 +53,8 @@ class LoadedModel:
             raise ValueError(f"images must be (H, W), (H, W, C) or (N, H, W, C) with H, W, C = {h}, {w}, {c}; "
                              f"got shape {np.shape(images)}")
         if np.issubdtype(x.dtype, np.floating):
+            if not np.isfinite(x).all():
+                raise ValueError("images contain NaN or infinite values; pass finite pixels (uint8 0..255 or 0..1)")
             if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
                 raise ValueError("float images must be in [0, 1] (or pass uint8 0..255)")
             x = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
@@ -66,7 +68,8 @@ class LoadedModel:
         x, single = self._prepare(images)
         fn = _apply_fn(self.model, self.config.data.tta)
         out = np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
-                              for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
+                              for i in range(0, len(x), batch_size)]) if len(x) else \
+            np.zeros((0, self.meta["dataset"]["num_classes"]), np.float32)
         return out[0] if single else out
 
     def predict(self, images, batch_size: int = 1000) -> np.ndarray:
@@ -94,7 +97,7 @@ def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
     ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, read_only=True)
     try:
         step = ckpt.best_step() if which == "best" else None if which == "latest" else int(which)
-        restored = ckpt.restore(None, step)
+        restored = ckpt.restore(None, step, exact=which not in ("best", "latest"))  # else: the newest good one
     finally:
         ckpt.close()
     config = Config.from_dict(restored.meta["config"])

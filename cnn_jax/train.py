@@ -16,6 +16,7 @@ processes; only process 0 writes the run's files and prints.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import platform
@@ -32,9 +33,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
-from cnn_jax.checkpoint import IncompatibleCheckpointError, RunCheckpointer, StopSignal
+from cnn_jax.checkpoint import DiskFullError, IncompatibleCheckpointError, RunCheckpointer, StopSignal
 from cnn_jax.config import Config, differences
-from cnn_jax.files import write_json, write_text
+from cnn_jax.files import RunLock, RunLockedError, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, model_variables
@@ -44,6 +45,9 @@ __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate"
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
+#: What a run folder of ours holds (a folder holding anything else, and no checkpoints, is never written into).
+RUN_FILES = {CKPT_SUBDIR, CONFIG_FILE, "metrics.jsonl", "results.json", "figures", ".lock", ".config.json.tmp",
+             ".metrics.jsonl.tmp", ".results.json.tmp"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -257,6 +261,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     run_dir = Path(workdir)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
+    foreign = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES] if run_dir.is_dir() else []
+    if foreign and not has_checkpoints(run_dir) and not (run_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{run_dir} holds files that are not a cnn_jax run (e.g. {sorted(foreign)[0]}); "
+                         "nothing was written there: pick another --run or --workdir")
     saved = saved_config(run_dir)
     if saved is not None and (diffs := differences(saved, config)):
         raise IncompatibleCheckpointError(run_dir, diffs)
@@ -271,18 +279,20 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
                "input_shape": list(train.images.shape[1:])}
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep)
-    try:
+    lock = _lock(run_dir, is_main, say)
+    ckpt, finished = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep), False
+    stop = StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None).__enter__()  # a SIGTERM
+    try:  # from here on stops at the next chunk boundary, with a checkpoint
         history: list[dict[str, Any]] = []
         partial = None  # running sums of a partly trained epoch
         if saved is not None:
             restored = ckpt.restore(trainer.abstract_state())
             state = trainer.place_state(restored.state)
             history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
-            if restored.step >= cfg.epochs * spe and partial is None and (run_dir / "results.json").is_file():
+            if restored.step >= cfg.epochs * spe and partial is None and (done := _read_json(run_dir / "results.json")):
                 say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / 'results.json'}."
                     " Pass --new-run (or another --run) to train again.")
-                return json.loads((run_dir / "results.json").read_text())
+                return done
             say(f"resuming {run_dir} from checkpoint step {restored.step} "
                 f"(epoch {len(history)} done{', mid-epoch' if partial else ''})")
         else:
@@ -299,16 +309,55 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                                    "history": history, "epoch_progress": partial}, metrics)
             return step
 
-        with StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None) as stop:
-            state, history, stopped_early = _epochs(trainer, config, state, history, partial, train, val,
-                                                   test if config.run.track_test else None, run_dir, ckpt, save,
-                                                   stop, is_main)
+        state, history, stopped_early = _epochs(trainer, config, state, history, partial, train, val,
+                                               test if config.run.track_test else None, run_dir, ckpt, save,
+                                               stop, is_main)
         ckpt.wait()
         results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early, test,
                           time.perf_counter() - t_start, is_main)
+        finished = True
+    except (OSError, RuntimeError) as e:  # the disk filled up while Orbax or we were writing
+        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+            raise
+        raise DiskFullError(f"no space left on the device of {run_dir}; the checkpoints saved before are intact: "
+                            "free some space and run the same command to resume") from None
     finally:
-        ckpt.close()
+        try:
+            ckpt.close()
+        except Exception:
+            if finished:  # else the error already on its way says more
+                raise
+        finally:
+            stop.__exit__()
+            lock.release()
     return results
+
+
+def _lock(run_dir: Path, is_main: bool, say: Callable) -> RunLock:
+    """The run folder's one-writer lock, taken by process 0 for all processes."""
+    lock, error = RunLock(run_dir), None
+    if is_main:
+        try:
+            if note := lock.acquire():
+                say(f"{run_dir}: {note}")
+        except RunLockedError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
+            raise error or RunLockedError(f"{run_dir} is being trained by another process")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None if it is missing or unreadable (it is then written again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _epochs(trainer: Trainer, config: Config, state, history, partial, train, val, monitor, run_dir: Path,

@@ -237,7 +237,7 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path):
     for f in (tmp_path / "ck" / "3" / "state").rglob("*"):
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(b"truncated")
-    with pytest.warns(UserWarning, match=r"ck/3 is damaged .* falling back"):
+    with pytest.warns(UserWarning, match=r"ck/3 is damaged .* using the newest good one"):
         assert ck.restore(state).step == 2
     for step in (1, 2):  # every one damaged: a clear error, not a traceback from the depths
         for f in (tmp_path / "ck" / str(step) / "state").rglob("*"):

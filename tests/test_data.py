@@ -172,7 +172,7 @@ def test_split_validation_sizes_disjoint_seeded():
     assert not np.array_equal(val.labels, other.labels)
     train0, val0, _ = split_validation(images, labels, 0, seed=0)
     assert len(train0) == 100 and len(val0) == 0 and val0.images.shape == (0, 28, 28, 1)
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(ValueError, match="--val-size 100 must be in"):
         split_validation(images, labels, 100, seed=0)
 
 
@@ -333,14 +333,20 @@ def test_interrupted_preparation_leaves_nothing_prepared(tmp_path, monkeypatch):
     assert len(splits.train) == 30  # a later run prepares from scratch
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "bit-flipped"])
+def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     raw = make_fashion_dir(tmp_path / "raw")
     a = load("fashion_mnist", data_dir=str(tmp_path / "d"), source_dir=str(raw), val_size=0, verify=False)
     cache = tmp_path / "d" / "fashion_mnist" / "3.0.1" / CACHE_NAME
-    cache.write_bytes(b"garbage")
-    b = load("fashion_mnist", data_dir=str(tmp_path / "d"), val_size=0)
+    data = bytearray(cache.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    cache.write_bytes({"garbage": b"garbage", "empty": b"", "truncated": cache.read_bytes()[:mid],
+                       "bit-flipped": bytes(data)}[damage])
+    with pytest.warns(UserWarning, match="damaged decode cache"):
+        b = load("fashion_mnist", data_dir=str(tmp_path / "d"), val_size=0)
     np.testing.assert_array_equal(a.train.images, b.train.images)
-    assert np.load(cache)["train_images"].shape == (30, 28, 28, 1)
+    np.testing.assert_array_equal(np.load(cache)["train_images"], a.train.images)  # rebuilt
 
 
 # ---------------------------------------------------------------------------------------- missing data

@@ -113,7 +113,19 @@ def test_dotted_flags_are_the_short_flags_and_presets_are_configs(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--epochs", "-1"], "--epochs must be >= 0, got -1"),
+    (["--epochs", "-1"], "--epochs must be >= 1, got -1"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--early-stopping", "0"], "--early-stopping must be >= 1 (or none: off), got 0"),
+    (["--clip", "0"], "--clip must be a finite number > 0 (or none: off), got 0.0"),
+    (["--clip", "-1"], "--clip must be a finite number > 0 (or none: off), got -1.0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be >= 0, got -5"),
+    (["--widths", "0"], "--widths must be one or more numbers >= 1, got (0,)"),
+    (["--widths", "32", "-3"], "--widths must be one or more numbers >= 1, got (32, -3)"),
+    (["--run", "../victim"], "--run: '../victim' is not a plain name"),
+    (["--run", "/abs"], "--run: '/abs' is not a plain name"),
+    (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--preset", "huge"], "--preset: unknown preset 'huge'"),
     (["--model", "resnet9000"], "--model: unknown model 'resnet9000'"),
     (["--batch-size", "0"], "--batch-size must be > 0"),

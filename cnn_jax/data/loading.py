@@ -66,7 +66,7 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
     """
     n = len(labels)
     if not 0 <= val_size < n:
-        raise ValueError(f"val_size={val_size} must be in [0, {n}) for a train split of {n} examples")
+        raise ValueError(f"--val-size {val_size} must be in [0, {n}): the train split has {n} examples")
     perm = np.random.default_rng(seed).permutation(n)
     val_idx = np.sort(perm[:val_size])
     keep = np.ones(n, bool)
@@ -93,7 +93,9 @@ def _read_cache(path: Path, fingerprint: str | None) -> dict[str, np.ndarray] | 
             if str(z["fingerprint"]) != fingerprint:
                 return None
             return {k: z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
-    except (OSError, ValueError, KeyError):  # unreadable/partial cache: decode again
+    except Exception as e:  # noqa: BLE001 - truncated, bit-flipped, empty: rebuild it
+        warnings.warn(f"{path}: damaged decode cache ({type(e).__name__}); decoding again and rebuilding it",
+                      stacklevel=3)
         return None
 
 
@@ -137,12 +139,17 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _decode(name: str, data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
-    sources = tfds.data_source(name, split=["train", "test"], data_dir=os.fspath(data_dir), download=False)
+def _decode(name: str, data_dir: Path, data_path: Path, progress: bool) -> dict[str, np.ndarray]:
     out = {}
-    for split, source in zip(("train", "test"), sources, strict=True):
-        images, labels = _decode_split(source, f"{name} {split}", progress)
-        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    try:
+        sources = tfds.data_source(name, split=["train", "test"], data_dir=os.fspath(data_dir), download=False)
+        for split, source in zip(("train", "test"), sources, strict=True):
+            images, labels = _decode_split(source, f"{name} {split}", progress)
+            out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    except Exception as e:  # noqa: BLE001 - a deleted, truncated or corrupt shard
+        raise DataSourceError(f"{data_path}: the prepared dataset is damaged ({type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:150]}); delete that folder and run again to "
+                              f"prepare it anew (`python -m cnn_jax.data prepare {name}`)") from None
     return out
 
 
@@ -185,7 +192,7 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     cache = data_path / CACHE_NAME
     arrays = _read_cache(cache, fingerprint)
     if arrays is None:
-        arrays = _decode(name, root, progress)
+        arrays = _decode(name, root, data_path, progress)
         upright = name.startswith("emnist") and builder.info.metadata is not None and (
             builder.info.metadata.get(ORIENTATION_KEY) == "upright")
         if name.startswith("emnist") and not upright:  # stock TFDS preparation: raw (transposed) images

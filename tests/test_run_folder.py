@@ -1,0 +1,284 @@
+"""Run folders never lose work: one writer, read-only loading, verified checkpoints, one-line errors.
+Each case runs the user's command (the experiment script, ``python -m cnn_jax.inference``) as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
+ARGS = ["--epochs", "2", "--limit", "2000", "--val-size", "500", "--steps-per-chunk", "1", "--no-progress"]
+SPE = 2000 // 128  # steps per epoch
+TIMING = ("seconds", "images_per_s", "elapsed")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNN_JAX_")}
+    return {**env, "TFDS_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def _cmd(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), *extra]
+
+
+def _run(data_dir: Path, workdir: Path, *extra: str, code: int | None = 0) -> subprocess.CompletedProcess:
+    out = subprocess.run(_cmd(workdir, *extra), env=_env(data_dir), capture_output=True, text=True, timeout=600)
+    if code is not None:
+        assert out.returncode == code, f"exit {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def _one_line_error(out: subprocess.CompletedProcess, text: str) -> None:
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ") or ": error: " in ln]
+    assert len(lines) == 1 and text in lines[0], out.stderr[-3000:]
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _params(run_dir: Path, which="latest"):
+    from cnn_jax import load
+
+    lm = load(run_dir, which)
+    return lm.step, jax.tree.leaves(lm.variables)
+
+
+def _damage(step_dir: Path, how: str = "truncate") -> None:
+    """Damage a checkpoint's array data: truncate it, or flip 4 KB of its bytes."""
+    files = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: -p.stat().st_size)
+    data = bytearray(files[0].read_bytes())
+    if how == "truncate":
+        files[0].write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        mid = len(data) // 2
+        data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+        files[0].write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def reference(fashion_tfds_dir, tmp_path_factory) -> Path:
+    """An uninterrupted run keeping 4 checkpoints: the baseline every other run must reproduce."""
+    workdir = tmp_path_factory.mktemp("ref")
+    _run(fashion_tfds_dir, workdir, "--keep", "4", "--run", "ref")
+    return workdir / "ref"
+
+
+def _copy(reference: Path, tmp_path: Path) -> Path:
+    shutil.copytree(reference, tmp_path / "ref")
+    (tmp_path / "ref" / ".lock").unlink(missing_ok=True)
+    return tmp_path / "ref"
+
+
+# ------------------------------------------------------------------------ 1. reading never writes
+def test_loading_never_writes_and_works_on_a_read_only_copy(fashion_tfds_dir, reference, tmp_path):
+    run_dir = _copy(reference, tmp_path)
+    steps = sorted(p.name for p in (run_dir / "ckpt").iterdir())
+    assert len(steps) == 2  # 2 epochs, --keep 4: nothing pruned by training
+    before = _snapshot(run_dir)
+    out = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(run_dir), "--which", "latest"],
+                         env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    _params(run_dir)
+    _params(run_dir, "best")
+    assert _snapshot(run_dir) == before  # no checkpoint pruned, no file touched
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(run_dir), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root): read-only copy not tested")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        with pytest.raises(OSError):
+            (ro / "probe").write_text("x")
+        step, leaves = _params(ro)
+        assert step == 2 * SPE and all(np.isfinite(a).all() for a in leaves)
+        out = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(ro)], env=_env(fashion_tfds_dir),
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(ro)])
+
+
+# ---------------------------------------------------------------------- 2. one writer per folder
+def test_a_second_trainer_is_refused_and_a_dead_holder_is_taken_over(fashion_tfds_dir, tmp_path):
+    long = ["--run", "r", "--epochs", "40"]
+    first = subprocess.Popen(_cmd(tmp_path, *long), env=_env(fashion_tfds_dir), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "r" / ".lock"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
+        time.sleep(0.05)
+    second = _run(fashion_tfds_dir, tmp_path, *long, code=None)
+    assert first.poll() is None, "the first run ended before the second was refused"
+    assert second.returncode == 1
+    _one_line_error(second, f"is being trained by another process (host {os.uname().nodename}, PID {first.pid})")
+    assert "--new-run" in second.stderr
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=300) == 143
+    epochs = [h["epoch"] for h in _history(tmp_path / "r")]
+    assert epochs == list(range(1, len(epochs) + 1))  # each epoch written once, by one writer
+    assert lock.read_text() == ""  # released
+
+    # what a SIGKILLed trainer leaves: a lock file naming it, no lock held
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".lock").write_text("host elsewhere, PID 999999\n")
+    out = _run(fashion_tfds_dir, tmp_path, "--run", "d")
+    assert "took over the lock of a process that is gone (host elsewhere, PID 999999)" in out.stdout
+
+
+# ------------------------------------------------------------ 3. identity lives in the checkpoints
+def test_missing_config_json_still_refuses_another_config(fashion_tfds_dir, reference, tmp_path):
+    run_dir = _copy(reference, tmp_path)
+    (run_dir / "config.json").unlink()
+    before = _snapshot(run_dir)
+    out = _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--batch-size", "64", "--seed", "7",
+               code=1)
+    assert "train.batch_size: saved 128, now 64" in out.stderr and "train.seed: saved 0, now 7" in out.stderr
+    assert _snapshot(run_dir) == before
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_into(fashion_tfds_dir, tmp_path):
+    victim = tmp_path / "lab"
+    victim.mkdir()
+    (victim / "results.json").write_text("my own results")
+    (victim / "notes.txt").write_text("keep me")
+    before = _snapshot(victim)
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, code=1), "holds files that are not a cnn_jax run")
+    assert _snapshot(victim) == before
+
+
+# -------------------------------------------------------------------------- 4, 5, 8. verified checkpoints
+def test_damaged_latest_falls_back_and_training_replaces_it(fashion_tfds_dir, reference, tmp_path):
+    run_dir = _copy(reference, tmp_path)
+    _damage(run_dir / "ckpt" / str(2 * SPE))
+    (run_dir / "results.json").unlink()
+    out = _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4")
+    assert "Traceback" not in out.stderr and "is damaged" in out.stderr
+    assert f"resuming {run_dir} from checkpoint step {SPE}" in out.stdout
+    step, leaves = _params(run_dir)  # the final model was saved again
+    ref_step, ref_leaves = _params(reference)
+    assert step == ref_step == 2 * SPE
+    assert all(np.array_equal(a, b) for a, b in zip(leaves, ref_leaves, strict=True))
+    assert _history(run_dir) == _history(reference)
+
+
+@pytest.mark.parametrize("which", ["latest", "best"])
+def test_flipped_bytes_are_detected_and_load_falls_back(reference, tmp_path, which):
+    from cnn_jax import load
+
+    run_dir = _copy(reference, tmp_path)
+    target = load(run_dir, which).step
+    _damage(run_dir / "ckpt" / str(target), how="flip")
+    with pytest.warns(UserWarning, match=r"is damaged .*differ from when it was saved"):
+        lm = load(run_dir, which)
+    assert lm.step != target and lm.step in (SPE, 2 * SPE)
+    assert np.isfinite(lm.logits(np.zeros((4, 28, 28, 1), np.uint8))).all()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        lm.predict(np.full((2, 28, 28, 1), np.nan, np.float32))
+    assert lm.predict(np.zeros((0, 28, 28, 1), np.uint8)).shape == (0,)
+
+
+# --------------------------------------------------------------------------- 10. one line, not a traceback
+def test_errors_are_one_line(fashion_tfds_dir, tmp_path):
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--batch-size", "5000", code=1), "--batch-size 5000")
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--val-size", "60000", code=1), "--val-size 60000")
+    out = _run(fashion_tfds_dir, tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--momentum", "0", "--run", "nan",
+               code=3)
+    assert "no checkpoint had been saved yet" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.glob("lab*"))
+
+
+def test_corrupt_results_and_config_are_written_again(fashion_tfds_dir, reference, tmp_path):
+    run_dir = _copy(reference, tmp_path)
+    for name in ("results.json", "config.json"):
+        (run_dir / name).write_text('{"truncated": ')
+    _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4")
+    results, ref = (json.loads((d / "results.json").read_text()) for d in (run_dir, reference))
+    assert results["test_accuracy"] == ref["test_accuracy"]
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads((reference / "config.json").read_text())
+
+
+def test_damaged_prepared_data_is_one_line(fashion_tfds_dir, tmp_path):
+    data = tmp_path / "tfds"
+    shutil.copytree(fashion_tfds_dir, data)
+    shard = sorted(data.rglob("*train.array_record-*"))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    out = subprocess.run(_cmd(tmp_path / "runs"), env=_env(data), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    _one_line_error(out, "the prepared dataset is damaged")
+
+
+def test_disk_full_keeps_the_saved_checkpoints(fashion_tfds_dir, reference, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): disk-full not tested")
+    try:
+        shutil.copytree(reference, disk / "ref", ignore=shutil.ignore_patterns("figures"))
+        shutil.rmtree(disk / "ref" / "ckpt" / str(2 * SPE))
+        (disk / "ref" / "results.json").unlink()
+        (disk / "fill").write_bytes(b"\0" * (8 * 2**20 - sum(p.stat().st_size for p in disk.rglob("*")
+                                                              if p.is_file()) - 64 * 1024))
+        before = _snapshot(disk / "ref" / "ckpt")
+        out = _run(fashion_tfds_dir, disk, "--run", "ref", "--keep", "4", code=1)
+        _one_line_error(out, "no space left")
+        assert _snapshot(disk / "ref" / "ckpt") == before  # the earlier checkpoint intact, no temporary left
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+# ---------------------------------------------------------------------------------- fault injection
+def test_sigkill_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(fashion_tfds_dir, reference,
+                                                                             tmp_path):
+    rng = random.Random(0)
+    kills = 0
+    while kills < 10:
+        proc = subprocess.Popen(_cmd(tmp_path, "--run", "ref", "--keep", "4"), env=_env(fashion_tfds_dir),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(2.0, 10.0))
+        if proc.poll() is not None:  # finished before this moment: start the count again from a fresh run
+            assert proc.returncode == 0, proc.stderr.read()[-3000:]
+            shutil.rmtree(tmp_path / "ref")
+            continue
+        proc.kill()
+        proc.wait()
+        kills += 1
+    _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4")
+    step, leaves = _params(tmp_path / "ref")
+    ref_step, ref_leaves = _params(reference)
+    assert step == ref_step and all(np.array_equal(a, b) for a, b in zip(leaves, ref_leaves, strict=True))
+    assert _history(tmp_path / "ref") == _history(reference)
+    results, ref_results = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "ref", reference))
+    assert results["test_accuracy"] == ref_results["test_accuracy"]
+    leftovers = [p.name for p in (tmp_path / "ref").rglob("*") if "tmp" in p.name]
+    assert leftovers == []  # nothing a later run would misread
+    from cnn_jax import load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in (tmp_path / "ref" / "ckpt").iterdir():  # every kept checkpoint verifies
+            assert load(tmp_path / "ref", int(s.name)).step == int(s.name)
+    assert not [w for w in caught if "damaged" in str(w.message)]
