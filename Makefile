@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
-.PHONY: setup train demo test lint
+.PHONY: setup train study demo test lint
 # Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
 ARGS ?=
 setup: $(STAMP)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(RUN) experiments/fashion_mnist.py --preset lab $(ARGS)
+
+study: $(STAMP)
+	$(RUN) experiments/study.py $(ARGS)
 
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py

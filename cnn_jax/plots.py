@@ -32,24 +32,26 @@ def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 def plot_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
     """Train vs validation loss and accuracy per epoch; the gap between them is the overfitting.
 
-    ``history``: one mapping per epoch with ``epoch``, ``train_loss``, ``train_accuracy`` and, when there is a
-    validation split, ``val_loss``, ``val_accuracy``.
+    ``history``: one mapping per epoch with ``epoch``, ``train_loss``, ``train_accuracy`` (running means),
+    ``train_eval_loss``, ``train_eval_accuracy`` and, when there is a validation split, ``val_loss``, ``val_accuracy``.
     """
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split, style in (("train", "-o"), ("val", "-s")):
+        for split, style, label in (("train", ":o", "train (running mean, dropout/augmentation on)"),
+                                    ("train_eval", "-^", "train-eval (training subset, evaluated)"),
+                                    ("val", "-s", "val")):
             values = [h.get(f"{split}_{metric}") for h in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=split)
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    if history and history[-1].get("val_accuracy") is not None:
+    if history and history[-1].get("val_accuracy") is not None and history[-1].get("train_eval_accuracy") is not None:
         last = history[-1]
-        gap = last["train_accuracy"] - last["val_accuracy"]
-        axes[1].set_title(f"last epoch: train - val accuracy = {gap:+.3f}", fontsize=9)
+        gap = last["train_eval_accuracy"] - last["val_accuracy"]
+        axes[1].set_title(f"last epoch: train-eval - val accuracy = {gap:+.3f}", fontsize=9)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -130,14 +132,14 @@ def plot_feature_maps(image: np.ndarray, maps: np.ndarray, path: str | os.PathLi
 
 def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,
                     title: str = "") -> Path:
-    """Several runs on shared axes: validation accuracy, validation loss, and the train - val accuracy gap
+    """Several runs on shared axes: validation accuracy, validation loss, and the train-eval - val accuracy gap
     (the overfitting) per epoch. ``histories``: run name -> its per-epoch metrics (``metrics.jsonl`` lines)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
     panels = (("validation accuracy", lambda h: h.get("val_accuracy")),
               ("validation loss", lambda h: h.get("val_loss")),
-              ("train - val accuracy (gap)",
-               lambda h: None if h.get("val_accuracy") is None or h.get("train_accuracy") is None
-               else h["train_accuracy"] - h["val_accuracy"]))
+              ("train-eval - val accuracy (gap)",
+               lambda h: None if h.get("val_accuracy") is None or h.get("train_eval_accuracy") is None
+               else h["train_eval_accuracy"] - h["val_accuracy"]))
     for ax, (label, value) in zip(axes, panels, strict=True):
         for i, (name, history) in enumerate(histories.items()):
             epochs = [h["epoch"] for h in history]

@@ -1,5 +1,6 @@
 """Compare finished runs: a Markdown report with a side-by-side table, per-class weaknesses, a conclusion
-computed from the numbers, and a figure (validation accuracy, validation loss and train - val gap per epoch).
+computed from the numbers (``report.json`` beside it holds them, with each run's overfitting verdict), and a
+figure (validation accuracy, validation loss and train-eval - val gap per epoch).
 
     python experiments/compare.py checkpoints/fashion_mnist/lab checkpoints/fashion_mnist/best --out report.md
 
@@ -19,14 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnn_jax.files import unwritable
+import numpy as np
 
-__all__ = ["ReportError", "Run", "read_run", "summarize", "conclusion", "render", "write_report", "main"]
+from cnn_jax.files import unwritable, write_json
+
+__all__ = ["ReportError", "Run", "read_run", "summarize", "overfitting", "margin", "conclusion", "render",
+           "report_data", "write_report", "main"]
 
 #: Differences below this many accuracy points (percent) count as a tie.
 TIE_POINTS = 0.1
-#: Gap growth (points, last epochs vs first) below which a run is not said to overfit increasingly.
-GAP_GROWTH_POINTS = 0.5
+#: Final train-eval - validation accuracy gap (points) above which training accuracy has pulled away.
+GAP_POINTS = 1.0
+#: Growth of that gap over the second half of training (points per epoch) that counts as widening.
+TREND_POINTS = 0.1
 #: Relative rise of the validation loss above its minimum that counts as "rising again".
 VAL_LOSS_RISE = 0.01
 
@@ -90,40 +96,63 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 
 def _gap(h: dict[str, Any]) -> float | None:
-    if h.get("train_accuracy") is None or h.get("val_accuracy") is None:
+    """Train-eval - validation accuracy (both in evaluation mode); None without train-eval figures."""
+    if h.get("train_eval_accuracy") is None or h.get("val_accuracy") is None:
         return None
-    return h["train_accuracy"] - h["val_accuracy"]
+    return h["train_eval_accuracy"] - h["val_accuracy"]
+
+
+def overfitting(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Whether a run overfits, by three signs from evaluation-mode figures, each stated with its numbers:
+    the final train-eval - validation accuracy gap (and loss gap), the validation loss rising after its
+    minimum, and the gap's trend over the second half of training (never the first epoch against the last).
+    ``overfits``: True (the gap and another sign), False (no sign), ``"unclear"`` (the signs disagree)."""
+    ev = [h for h in history if _gap(h) is not None]
+    if not ev:
+        return {"overfits": "unclear", "reasons": ["no train-eval figures: the run predates them, or has no "
+                                                   "validation set"]}
+    last = ev[-1]
+    out: dict[str, Any] = {"gap_points": 100 * _gap(last),
+                           "loss_gap": last["val_loss"] - last["train_eval_loss"]}
+    half = ev[len(ev) // 2:] if len(ev) >= 4 else []
+    out["trend_points_per_epoch"] = float(np.polyfit([h["epoch"] for h in half], [100 * _gap(h) for h in half],
+                                                     1)[0]) if half else None
+    losses = [(h["epoch"], h["val_loss"]) for h in ev]
+    (min_epoch, min_loss), (last_epoch, last_loss) = min(losses, key=lambda e: e[1]), losses[-1]
+    out.update(val_loss_min=min_loss, val_loss_min_epoch=min_epoch, val_loss_last=last_loss)
+    signs = {
+        "gap": (out["gap_points"] > GAP_POINTS,
+                f"final train-eval accuracy {_pct(last['train_eval_accuracy'])}% vs validation "
+                f"{_pct(last['val_accuracy'])}% ({out['gap_points']:+.1f} points; loss gap {out['loss_gap']:+.4f})"),
+        "val_loss_rises": (last_epoch != min_epoch and last_loss > min_loss * (1 + VAL_LOSS_RISE),
+                           f"validation loss {last_loss:.4f} at epoch {last_epoch} against its minimum "
+                           f"{min_loss:.4f} at epoch {min_epoch}"),
+        "gap_widens": (out["trend_points_per_epoch"] is not None and out["trend_points_per_epoch"] > TREND_POINTS,
+                       "too few epochs for a trend" if not half else
+                       f"gap trend {out['trend_points_per_epoch']:+.2f} points/epoch over epochs "
+                       f"{half[0]['epoch']}-{half[-1]['epoch']}"),
+    }
+    out["signs"] = {k: bool(v[0]) for k, v in signs.items()}
+    present = [k for k, (on, _) in signs.items() if on]
+    out["overfits"] = (True if "gap" in present and len(present) >= 2 else False if not present else "unclear")
+    out["reasons"] = [("yes: " if on else "no: ") + text for on, text in signs.values()]
+    return out
 
 
 def summarize(run: Run) -> dict[str, Any]:
     """The numbers the table and the conclusion use (accuracies as fractions, as in ``results.json``)."""
     r, hist = run.results, run.history
-    gaps = [g for g in (_gap(h) for h in hist) if g is not None]
-    k = max(1, len(gaps) // 3)  # the first and last third of the epochs (one epoch each for short runs)
-    val_losses = [(h["epoch"], h["val_loss"]) for h in hist if h.get("val_loss") is not None]
     per_class = r.get("per_class_accuracy") or {}
-    s = {
-        "dataset": r.get("dataset"), "model": r.get("model"),
-        "epochs": r.get("epochs", len(hist)),
-        "train_accuracy": r.get("train_accuracy"), "val_accuracy": r.get("val_accuracy"),
-        "test_accuracy": r.get("test_accuracy"), "test_loss": r.get("test_loss"),
-        "gap": None if r.get("train_accuracy") is None or r.get("val_accuracy") is None
-        else r["train_accuracy"] - r["val_accuracy"],
+    return {
+        "dataset": r.get("dataset"), "model": r.get("model"), "epochs": r.get("epochs", len(hist)),
+        "train_accuracy": r.get("train_accuracy"), "train_eval_accuracy": hist[-1].get("train_eval_accuracy"),
+        "val_accuracy": r.get("val_accuracy"), "test_accuracy": r.get("test_accuracy"),
+        "test_loss": r.get("test_loss"), "num_test": r.get("num_test"), "gap": _gap(hist[-1]),
         "best_epoch": r.get("best_epoch"), "best_val_accuracy": r.get("best_val_accuracy"),
         "wall_seconds": r.get("wall_seconds"), "images_per_s": r.get("images_per_s"),
-        "gap_first": sum(gaps[:k]) / k if gaps else None, "gap_last": sum(gaps[-k:]) / k if gaps else None,
-        "gap_window": k,
         "worst_classes": sorted(per_class.items(), key=lambda kv: kv[1])[:3],
-        "per_class_accuracy": per_class,
+        "per_class_accuracy": per_class, "overfitting": overfitting(hist),
     }
-    s["gap_growth"] = None if not gaps or len(gaps) < 2 else s["gap_last"] - s["gap_first"]
-    if val_losses:
-        min_epoch, min_loss = min(val_losses, key=lambda e: e[1])
-        last_epoch, last_loss = val_losses[-1]
-        s.update(val_loss_min_epoch=min_epoch, val_loss_min=min_loss, val_loss_last=last_loss,
-                 val_loss_last_epoch=last_epoch,
-                 val_loss_rises=last_epoch != min_epoch and last_loss > min_loss * (1 + VAL_LOSS_RISE))
-    return s
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -134,10 +163,23 @@ def _pts(x: float) -> str:
     return f"{100 * x:.1f} point{'' if round(100 * x, 1) == 1 else 's'}"
 
 
+def margin(runs: list[Run]) -> dict[str, Any]:
+    """The most accurate run on the test set, its margin over the next and whether that exceeds the noise
+    (two standard errors of the difference of two proportions)."""
+    top, second = sorted(runs, key=lambda r: r.summary["test_accuracy"], reverse=True)[:2]
+    p1, p2 = top.summary["test_accuracy"], second.summary["test_accuracy"]
+    n1, n2 = top.summary["num_test"], second.summary["num_test"]
+    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) if n1 and n2 else None
+    return {"most_accurate": top.name, "runner_up": second.name, "margin_points": 100 * (p1 - p2),
+            "two_se_points": None if se is None else 200 * se,
+            "exceeds_noise": None if se is None else bool(p1 - p2 >= 2 * se)}
+
+
 def _accuracy_sentences(runs: list[Run]) -> list[str]:
     ranked = sorted(runs, key=lambda r: r.summary["test_accuracy"], reverse=True)
     top, second, last = ranked[0], ranked[1], ranked[-1]
     diff = top.summary["test_accuracy"] - second.summary["test_accuracy"]
+    m = margin(runs)
     out = []
     if diff * 100 < TIE_POINTS:
         out.append(f"{top.name} and {second.name} are equally accurate on the test set "
@@ -146,16 +188,11 @@ def _accuracy_sentences(runs: list[Run]) -> list[str]:
     else:
         out.append(f"{top.name} is the most accurate run: {_pct(top.summary['test_accuracy'])}% test accuracy, "
                    f"{_pts(diff)} ahead of {second.name} ({_pct(second.summary['test_accuracy'])}%).")
-        n1, n2 = top.results.get("num_test"), second.results.get("num_test")
-        if n1 and n2:
-            p1, p2 = top.summary["test_accuracy"], second.summary["test_accuracy"]
-            se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-            if diff < 2 * se:
-                out.append(f"With {min(n1, n2)} test images that margin is within noise (two standard errors are "
-                           f"{_pts(2 * se)}).")
-            else:
-                out.append(f"With {min(n1, n2)} test images that is {diff / se:.1f} standard errors, "
-                           "more than noise.")
+        if m["exceeds_noise"] is not None:
+            n = min(top.summary["num_test"], second.summary["num_test"])
+            out.append(f"With {n} test images that margin is " + (
+                f"more than noise (two standard errors are {m['two_se_points']:.1f} points)." if m["exceeds_noise"]
+                else f"within noise (two standard errors are {m['two_se_points']:.1f} points)."))
     if len(ranked) > 2:
         out.append(f"The least accurate is {last.name} with {_pct(last.summary['test_accuracy'])}%, "
                    f"{_pts(top.summary['test_accuracy'] - last.summary['test_accuracy'])} behind {top.name}.")
@@ -173,45 +210,17 @@ def _accuracy_sentences(runs: list[Run]) -> list[str]:
 
 
 def _overfitting_sentences(runs: list[Run]) -> list[str]:
+    verdicts = {r.name: r.summary["overfitting"] for r in runs}
     out = []
-    growing = [r for r in runs if r.summary.get("gap_growth") is not None]
-    if growing:
-        ranked = sorted(growing, key=lambda r: r.summary["gap_growth"], reverse=True)
-        worst = ranked[0]
-        s = worst.summary
-        k = s["gap_window"]
-        span = "epoch" if k == 1 else f"{k} epochs"
-        if s["gap_growth"] * 100 < GAP_GROWTH_POINTS:
-            out.append(f"No run overfits increasingly: the train - val accuracy gap grows by at most "
-                       f"{100 * s['gap_growth']:+.1f} points from the first {span} to the last ({worst.name}).")
-        else:
-            others = "; ".join(f"{r.name} {100 * r.summary['gap_first']:+.1f} -> {100 * r.summary['gap_last']:+.1f}"
-                               for r in ranked[1:])
-            out.append(f"{worst.name} overfits more: its train - val accuracy gap grows from "
-                       f"{100 * s['gap_first']:+.1f} points in the first {span} to {100 * s['gap_last']:+.1f} in "
-                       f"the last ({100 * s['gap_growth']:+.1f}), against {others}.")
-    gaps = [r for r in runs if r.summary.get("gap") is not None]
-    if len(gaps) >= 2:
-        hi = max(gaps, key=lambda r: r.summary["gap"])
-        lo = min(gaps, key=lambda r: r.summary["gap"])
-        if hi is not lo:
-            out.append(f"At the end the widest gap is {hi.name}'s ({100 * hi.summary['gap']:+.1f} points) and the "
-                       f"narrowest {lo.name}'s ({100 * lo.summary['gap']:+.1f}); a negative gap means dropout or "
-                       "augmentation make the training batches harder than the validation set.")
-    rising = [r for r in runs if r.summary.get("val_loss_rises")]
-    falling = [r for r in runs if "val_loss_rises" in r.summary and not r.summary["val_loss_rises"]]
-    for r in rising:
-        s = r.summary
-        out.append(f"The validation loss of {r.name} rises after its minimum ({s['val_loss_min']:.4f} at epoch "
-                   f"{s['val_loss_min_epoch']}) to {s['val_loss_last']:.4f} at epoch {s['val_loss_last_epoch']} "
-                   f"({100 * (s['val_loss_last'] / s['val_loss_min'] - 1):+.0f}%), a classic sign of overfitting: "
-                   "training longer makes it worse, an earlier checkpoint (the best one) is the one to keep.")
-    if falling:
-        names = " and ".join(r.name for r in falling)
-        which = "its run's" if len(falling) == 1 else "each run's"
-        out.append(f"The validation loss of {names} does not rise after its minimum (the last epoch is within "
-                   f"{100 * VAL_LOSS_RISE:.0f}% of {which} lowest), so no overfitting by that sign; more epochs may "
-                   "still help.")
+    for name, v in verdicts.items():
+        word = {True: "overfits", False: "does not overfit"}.get(v["overfits"], "may or may not overfit (the "
+                                                                            "signs disagree)")
+        out.append(f"{name} {word}: {'; '.join(v['reasons'])}.")
+    yes = [n for n, v in verdicts.items() if v["overfits"] is True]
+    if yes and len(yes) < len(runs):
+        worst = max(yes, key=lambda n: verdicts[n]["gap_points"])
+        no = [n for n, v in verdicts.items() if v["overfits"] is False]
+        out.append(f"{worst} overfits more" + (f"; {' and '.join(no)} does not." if no else "."))
     return out
 
 
@@ -265,14 +274,16 @@ def conclusion(runs: list[Run]) -> list[str]:
             + _speed_sentences(runs))
 
 
-TABLE_COLUMNS = ("run", "dataset", "model", "epochs", "train acc (%)", "val acc (%)", "test acc (%)",
-                 "train-val gap (points)", "epochs to best val", "wall time (s)", "images/s")
+TABLE_COLUMNS = ("run", "dataset", "model", "epochs", "train acc (%)", "train-eval acc (%)", "val acc (%)",
+                 "test acc (%)", "train-eval - val gap (points)", "overfits", "epochs to best val", "wall time (s)",
+                 "images/s")
 
 
 def table_row(run: Run) -> list[str]:
     s = run.summary
-    return [run.name, str(s["dataset"]), str(s["model"]), str(s["epochs"]),
-            _pct(s["train_accuracy"]), _pct(s["val_accuracy"]), _pct(s["test_accuracy"]), _pct(s["gap"]),
+    return [run.name, str(s["dataset"]), str(s["model"]), str(s["epochs"]), _pct(s["train_accuracy"]),
+            _pct(s["train_eval_accuracy"]), _pct(s["val_accuracy"]), _pct(s["test_accuracy"]), _pct(s["gap"]),
+            str(s["overfitting"]["overfits"]).lower(),
             "n/a" if s["best_epoch"] is None else str(s["best_epoch"]),
             "n/a" if s["wall_seconds"] is None else f"{s['wall_seconds']:.1f}",
             "n/a" if s["images_per_s"] is None else f"{s['images_per_s']:.0f}"]
@@ -285,9 +296,9 @@ def render(runs: list[Run], figure_name: str | None) -> str:
     lines += ["", "## Side by side", "",
               "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
     lines += ["| " + " | ".join(table_row(r)) + " |" for r in runs]
-    lines += ["", "Train and validation accuracy are the last epoch's (train: the running mean over the epoch's "
-              "batches, with dropout and augmentation on); the gap is train - val accuracy in points "
-              "(positive: overfitting). Epochs to best val is the epoch with the highest validation accuracy.", ""]
+    lines += ["", "Accuracies are the last epoch's. Train acc is the running mean over the epoch's batches (dropout "
+              "and augmentation on); train-eval acc is a fixed training subset evaluated like validation, and the "
+              "gap is train-eval - val. Epochs to best val is the epoch with the highest validation accuracy.", ""]
     if figure_name:
         lines += ["## Curves", "", f"![validation accuracy, validation loss and train - val gap]({figure_name})", ""]
     lines += ["## Per-class weaknesses", "", "The three classes with the lowest test accuracy in each run:", ""]
@@ -307,8 +318,19 @@ def _check_writable(out: Path) -> None:
         raise ReportError(f"--out {out}: {problem}; pick another --out")
 
 
+def report_data(runs: list[Run]) -> dict[str, Any]:
+    """What ``report.json`` holds: per run its figures and overfitting verdict, the accuracy margin, the
+    conclusion (the prose renders these)."""
+    keys = ("dataset", "model", "epochs", "train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy",
+            "test_loss", "best_epoch", "best_val_accuracy", "images_per_s")
+    return {"runs": {r.name: {"path": str(r.path), **{k: r.summary[k] for k in keys},
+                              "overfitting": r.summary["overfitting"]} for r in runs},
+            "accuracy": margin(runs), "conclusion": conclusion(runs)}
+
+
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.md") -> dict[str, Any]:
-    """Read the runs, write the report and its figure. Returns ``{"report", "figure", "runs", "conclusion"}``."""
+    """Read the runs, write the report (``.md``), its data (``.json``) and its figure (``.png``). Returns
+    ``{"report", "figure", "runs", "conclusion", "text"}``."""
     if len(run_dirs) < 2:
         raise ReportError(f"need at least two run folders to compare, got {len(run_dirs)}")
     resolved = [Path(p).resolve() for p in run_dirs]
@@ -330,6 +352,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike =
                               "validation accuracy, validation loss and overfitting gap per epoch")
         text = render(runs, figure.name)
         out.write_text(text)
+        write_json(out.with_suffix(".json"), report_data(runs))
     except OSError as e:
         raise ReportError(f"--out {out}: cannot write ({e.strerror or e})") from e
     return {"report": out, "figure": figure, "runs": runs, "conclusion": conclusion(runs), "text": text}

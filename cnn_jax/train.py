@@ -368,6 +368,10 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
     train_data = trainer.put_data(train.images, train.labels)
     val_data = trainer.put_data(val.images, val.labels, for_eval=True) if len(val) else None
     monitor_data = trainer.put_data(monitor.images, monitor.labels, for_eval=True) if monitor is not None else None
+    # the generalisation gap as defined: a fixed, seeded training subset (the validation set's size), evaluated
+    # like validation (no dropout, no augmentation)
+    subset = np.sort(np.random.default_rng(cfg.seed).choice(len(train), min(len(train), len(val) or 5000), False))
+    train_eval_data = trainer.put_data(train.images[subset], train.labels[subset], for_eval=True)
     start_step = int(np.ravel(trainer.host_state(state).step)[0])
     fit_start = time.perf_counter() - (history[-1].get("elapsed", 0.0) if history else 0.0)
     if _stalled(history, cfg.early_stopping_patience):
@@ -403,6 +407,8 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
             "train_loss": sums["loss_sum"] / max(sums["seen"] // cfg.batch_size, 1),
             "train_accuracy": sums["correct"] / max(sums["seen"], 1), "seconds": seconds,
             "images_per_s": sums["seen"] / seconds}
+        ev = trainer.evaluate(state, train_eval_data)
+        metrics.update(train_eval_loss=float(ev["loss"]), train_eval_accuracy=float(ev["accuracy"]))
         if val_data is not None:
             ev = trainer.evaluate(state, val_data)
             metrics.update(val_loss=float(ev["loss"]), val_accuracy=float(ev["accuracy"]),

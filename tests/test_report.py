@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_jax.report import TABLE_COLUMNS, ReportError, main, write_report
+from cnn_jax.report import TABLE_COLUMNS, ReportError, main, overfitting, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--limit", "1500", "--val-size", "300", "--no-progress"]
@@ -58,8 +59,10 @@ def test_report_of_two_real_runs(runs, tmp_path):
         for col, key in (("train acc (%)", "train_accuracy"), ("val acc (%)", "val_accuracy"),
                          ("test acc (%)", "test_accuracy")):
             assert float(row[col]) == pytest.approx(100 * r[key], abs=0.005 + 1e-9), col
-        assert float(row["train-val gap (points)"]) == pytest.approx(
-            100 * (r["train_accuracy"] - r["val_accuracy"]), abs=0.005 + 1e-9)
+        last = [json.loads(x) for x in (runs[0].parent / name / "metrics.jsonl").read_text().splitlines()][-1]
+        assert float(row["train-eval acc (%)"]) == pytest.approx(100 * last["train_eval_accuracy"], abs=0.005 + 1e-9)
+        assert float(row["train-eval - val gap (points)"]) == pytest.approx(
+            100 * (last["train_eval_accuracy"] - r["val_accuracy"]), abs=0.005 + 1e-9)
         assert int(row["epochs to best val"]) == r["best_epoch"]
         assert float(row["wall time (s)"]) == pytest.approx(r["wall_seconds"], abs=0.05 + 1e-9)
         assert float(row["images/s"]) == pytest.approx(r["images_per_s"], abs=0.5 + 1e-9)
@@ -79,6 +82,13 @@ def test_report_of_two_real_runs(runs, tmp_path):
                   key=lambda c: sum(r["per_class_accuracy"][c] for r in results.values()))
     assert f"The hardest class is {hardest}" in conclusion
 
+    data = json.loads(out.with_suffix(".json").read_text())  # what the prose renders
+    assert " ".join(data["conclusion"]) == conclusion
+    assert data["accuracy"]["most_accurate"] == better
+    for name in ("lab", "adamw"):
+        v = data["runs"][name]["overfitting"]
+        assert v["overfits"] in (True, False, "unclear") and v["reasons"]
+        assert f"{name} " in conclusion and v["reasons"][0] in conclusion
     figure = out.with_suffix(".png")
     assert f"]({figure.name})" in text
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -88,13 +98,21 @@ def test_report_of_two_real_runs(runs, tmp_path):
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600 and float(np.std(img)) > 0.01
 
 
+def _history(train_eval: list[float], val_acc: list[float], val_loss: list[float], running=None,
+             train_eval_loss=None) -> list[dict]:
+    """Per-epoch metrics; the running-mean train accuracy defaults to the train-eval one."""
+    running = running or train_eval
+    te_loss = train_eval_loss or [vl - 0.05 for vl in val_loss]
+    return [{"epoch": i + 1, "step": 10 * (i + 1), "train_loss": 1.0, "train_accuracy": r, "seconds": 1.0,
+             "train_eval_accuracy": t, "train_eval_loss": tl, "val_loss": vl, "val_accuracy": v}
+            for i, (r, t, tl, v, vl) in enumerate(zip(running, train_eval, te_loss, val_acc, val_loss, strict=True))]
+
+
 def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], val_acc: list[float],
               val_loss: list[float], per_class: dict[str, float], images_per_s: float = 1000.0) -> Path:
     d = root / name
     d.mkdir(parents=True)
-    hist = [{"epoch": i + 1, "step": 10 * (i + 1), "train_loss": 1.0, "train_accuracy": t, "seconds": 1.0,
-             "images_per_s": images_per_s, "val_loss": vl, "val_accuracy": v}
-            for i, (t, v, vl) in enumerate(zip(train_acc, val_acc, val_loss, strict=True))]
+    hist = [{**h, "images_per_s": images_per_s} for h in _history(train_acc, val_acc, val_loss)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
     best = max(hist, key=lambda h: h["val_accuracy"])
     (d / "results.json").write_text(json.dumps({
@@ -108,30 +126,63 @@ def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], va
 CLASSES = dict(a=0.9, b=0.5, c=0.7, d=0.95, e=0.8)
 
 
+def test_overfitting_is_judged_by_sound_signs():
+    # validation above training all along (dropout, augmentation; a first epoch from random weights), the
+    # validation loss still falling: not overfitting, whatever its first epoch's running mean says
+    digits = _history([0.95, 0.97, 0.975, 0.978, 0.98, 0.981], [0.96, 0.975, 0.98, 0.982, 0.984, 0.985],
+                      [0.15, 0.09, 0.07, 0.06, 0.055, 0.05], running=[0.75, 0.94, 0.96, 0.97, 0.97, 0.975])
+    v = overfitting(digits)
+    assert v["overfits"] is False and v["signs"] == {"gap": False, "val_loss_rises": False, "gap_widens": False}
+    assert v["gap_points"] == pytest.approx(-0.4)
+    # train-eval pulls away while the validation loss rises after its minimum: overfitting
+    fashion = _history([0.86, 0.90, 0.93, 0.95, 0.965, 0.975], [0.86, 0.885, 0.895, 0.90, 0.902, 0.901],
+                       [0.38, 0.31, 0.28, 0.27, 0.29, 0.31])
+    v = overfitting(fashion)
+    assert v["overfits"] is True and all(v["signs"].values())
+    assert v["gap_points"] == pytest.approx(7.4) and v["val_loss_min_epoch"] == 4
+    assert "yes: final train-eval accuracy 97.50% vs validation 90.10% (+7.4 points" in v["reasons"][0]
+    assert "yes: validation loss 0.3100 at epoch 6 against its minimum 0.2700 at epoch 4" == v["reasons"][1]
+    # a steady gap, the validation loss still falling: the signs disagree, and the report says so
+    mixed = _history([0.90, 0.93, 0.94, 0.945, 0.95, 0.955], [0.88, 0.905, 0.915, 0.92, 0.925, 0.93],
+                     [0.40, 0.33, 0.30, 0.28, 0.27, 0.26])
+    v = overfitting(mixed)
+    assert v["overfits"] == "unclear" and v["signs"] == {"gap": True, "val_loss_rises": False, "gap_widens": False}
+    assert v["reasons"][0].startswith("yes: final train-eval") and v["reasons"][1].startswith("no: validation loss")
+    assert overfitting([{"epoch": 1, "train_accuracy": 0.5}])["overfits"] == "unclear"  # no train-eval figures
+
+
 def test_conclusion_follows_the_numbers(tmp_path):
     # "steady" generalises; "overfit" fits the train set ever better while its val loss turns up after epoch 2
     steady = _fake_run(tmp_path, "steady", 0.88, [0.80, 0.85, 0.87, 0.88], [0.81, 0.85, 0.87, 0.88],
                        [0.6, 0.5, 0.45, 0.42], CLASSES, 2000.0)
     overfit = _fake_run(tmp_path, "overfit", 0.84, [0.80, 0.90, 0.96, 0.99], [0.80, 0.85, 0.85, 0.84],
                         [0.6, 0.45, 0.5, 0.6], {**CLASSES, "b": 0.3, "d": 0.6}, 1000.0)
-    text = write_report([steady, overfit], tmp_path / "r.md")["text"]
-    c = _section(text, "Conclusion")
+    out = write_report([steady, overfit], tmp_path / "r.md")
+    c = _section(out["text"], "Conclusion")
     assert c.startswith("steady is the most accurate run: 88.00% test accuracy, 4.0 points ahead of overfit")
     assert "4.0 points ahead" in c and "more than noise" in c
-    assert "overfit overfits more: its train - val accuracy gap grows from +0.0 points in the first epoch " \
-           "to +15.0 in the last (+15.0)" in c
-    assert "The validation loss of overfit rises after its minimum (0.4500 at epoch 2) to 0.6000 at epoch 4" in c
-    assert "The validation loss of steady does not rise" in c
+    assert "steady does not overfit: no: final train-eval accuracy 88.00% vs validation 88.00% (+0.0 points" in c
+    assert "overfit overfits: yes: final train-eval accuracy 99.00% vs validation 84.00% (+15.0 points" in c
+    assert "yes: validation loss 0.6000 at epoch 4 against its minimum 0.4500 at epoch 2" in c
+    assert "overfit overfits more; steady does not." in c
     assert "The hardest class is b" in c and "The runs differ most on d: steady gets 95.0%, overfit 60.0%" in c
     assert "steady trains fastest (2000 images/s, 2.0x overfit's 1000)" in c
-    assert _table(text)["overfit"]["train-val gap (points)"] == "15.00"
+    assert _table(out["text"])["overfit"]["train-eval - val gap (points)"] == "15.00"
+    assert _table(out["text"])["overfit"]["overfits"] == "true"
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["runs"]["overfit"]["overfitting"]["overfits"] is True
+    assert data["runs"]["steady"]["overfitting"]["overfits"] is False
+    assert data["accuracy"] == {"most_accurate": "steady", "runner_up": "overfit", "margin_points": pytest.approx(4.0),
+                                "two_se_points": pytest.approx(200 * (0.88 * 0.12 / 1e4 + 0.84 * 0.16 / 1e4) ** 0.5),
+                                "exceeds_noise": True}
+    assert data["conclusion"] == out["conclusion"]
 
     # other numbers, other conclusion: a tie, and no run overfitting
     a = _fake_run(tmp_path, "x/a", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
     b = _fake_run(tmp_path, "x/b", 0.9004, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
     c = _section(write_report([a, b], tmp_path / "r2.md")["text"], "Conclusion")
-    assert "b and a are equally accurate" in c and "No run overfits increasingly" in c
-    assert "about the same speed" in c and "rises after its minimum" not in c
+    assert "b and a are equally accurate" in c and "a does not overfit" in c and "b does not overfit" in c
+    assert "about the same speed" in c and "overfits more" not in c
 
     # runs with the same folder name are told apart by their parent folder
     twin = _fake_run(tmp_path / "y", "steady", 0.5, [0.5, 0.6], [0.5, 0.6], [0.5, 0.4], CLASSES)
@@ -187,3 +238,42 @@ def test_script_exit_status(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), str(good), str(tmp_path / "no")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no such folder" in out.stderr
+
+
+def test_study_in_one_command(fashion_tfds_dir, tmp_path, capsys):
+    """The notebook's study end to end: lab on Fashion-MNIST against lab on digits in NIST's layout (synthetic),
+    compared; report.json agrees with both runs' metrics and its verdicts follow the numbers in it."""
+    import runpy
+
+    from test_data import make_emnist_zip
+
+    zip_path = make_emnist_zip(tmp_path / "nist" / "gzip.zip", n_train=600, n_test=200)
+    data = tmp_path / "tfds"
+    shutil.copytree(fashion_tfds_dir, data)
+    study = runpy.run_path(str(ROOT / "experiments" / "study.py"), run_name="study")["main"]
+    flags = ["--", "--epochs", "2", "--limit", "1000", "--val-size", "200", "--batch-size", "64", "--no-progress",
+             "--data-dir", str(data), "--no-verify"]
+    out = tmp_path / "study" / "report.md"
+    result = study(["--emnist-source", str(zip_path), "--workdir", str(tmp_path / "runs"), "--out", str(out), *flags])
+    data_json = json.loads(out.with_suffix(".json").read_text())
+    assert set(data_json["runs"]) == {"fashion_mnist/lab", "emnist_digits/lab"}
+    for name, run in data_json["runs"].items():
+        run_dir = tmp_path / "runs" / name
+        history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        results = json.loads((run_dir / "results.json").read_text())
+        assert run["test_accuracy"] == results["test_accuracy"] and run["epochs"] == len(history) == 2
+        assert run["train_eval_accuracy"] == history[-1]["train_eval_accuracy"]
+        assert run["overfitting"] == json.loads(json.dumps(overfitting(history)))  # the verdict follows the numbers
+        assert run["overfitting"]["gap_points"] == pytest.approx(
+            100 * (history[-1]["train_eval_accuracy"] - history[-1]["val_accuracy"]))
+    assert " ".join(data_json["conclusion"]) == " ".join(result["conclusion"])
+    # resumable like any run: the same command reports the finished runs and writes the same comparison
+    again = study(["--emnist-source", str(zip_path), "--workdir", str(tmp_path / "runs"), "--out", str(out), *flags])
+    assert again["conclusion"] == result["conclusion"] and "already complete" in capsys.readouterr().out
+    # without EMNIST's files: the digits run is skipped, saying how to get them, and the rest is done
+    (tmp_path / "runs" / "emnist_digits").rename(tmp_path / "digits_elsewhere")
+    shutil.rmtree(data / "emnist")
+    assert study(["--workdir", str(tmp_path / "runs"), "--out", str(out), *flags]) is None
+    printed = capsys.readouterr()
+    assert "EMNIST Digits skipped" in printed.err and "gzip.zip" in printed.err
+    assert "nothing to compare; it overfits: " in printed.out
