@@ -67,7 +67,10 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                 kw.update(type=_bool, metavar="BOOL")
             else:
                 kw.update(type=_optional(base) if optional else base)
-                kw.update(choices=CHOICES[key]) if key in CHOICES else kw.update(metavar=name.upper())
+                if key in CHOICES:
+                    kw["choices"] = CHOICES[key]
+                else:
+                    kw["metavar"] = name.upper()
             g.add_argument(*names, **kw)
             if tp is bool:  # --download, --no-verify, ...: a switch
                 g.add_argument(alias, dest=key, action="store_false" if alias.startswith("--no-") else "store_true",
