@@ -142,10 +142,13 @@ def test_script_on_two_processes_shares_one_run_folder(two_processes, one_device
 
 def test_script_on_two_processes_sigterm_then_relaunch(fashion_tfds_dir, two_processes, one_device, tmp_path):
     procs = _launch(fashion_tfds_dir, tmp_path, 2)
-    first = tmp_path / "lab" / "ckpt" / str(2000 // 64)  # the first epoch's checkpoint
+    # the first epoch is done (its metrics line is written just before its checkpoint): a whole epoch is left for
+    # the preemption notice to reach every process (a notice after the last sync point lets the run finish)
+    metrics = tmp_path / "lab" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not first.is_dir() and time.time() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not (
+            metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.02)
     if not all(p.poll() is None for p in procs):
         _wait(procs, codes=())  # the run ended before its first checkpoint: show why
     for p in procs:  # a preempted pod: every host gets SIGTERM
