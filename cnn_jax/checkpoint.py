@@ -96,7 +96,7 @@ class RunCheckpointer:
         # (tests/test_checkpoint.py::test_orbax_best_n_forgets_metrics_on_reopen).
         options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                                enable_async_checkpointing=async_save and not read_only,
-                                               cleanup_tmp_directories=not read_only)  # a killed save's
+                                               cleanup_tmp_directories=not read_only)  # a killed save's tmp folder
         absl_log = logging.getLogger("absl")
         level = absl_log.level
         if read_only:  # Orbax warns that a read-only manager is read-only
