@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
-.PHONY: setup train study demo test lint
+.PHONY: setup train study demo tensorboard test lint
 # Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
 ARGS ?=
 setup: $(STAMP)
@@ -25,6 +25,9 @@ study: $(STAMP)
 
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir checkpoints
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

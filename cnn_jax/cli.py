@@ -24,6 +24,8 @@ __all__ = ["build_parser", "parse", "main"]
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
 _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta": "flip; no names: none",
          "train.microbatch": "gradient accumulation slice (CPU speed); 0: off", "train.batch_size": "global batch",
+         "data.download": "download the dataset when it is neither prepared nor found locally (default)",
+         "run.progress": "a progress bar on a terminal (plain lines otherwise)",
          "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap"}
 
 
@@ -72,9 +74,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                 else:
                     kw["metavar"] = name.upper()
             g.add_argument(*names, **kw)
-            if tp is bool:  # --download, --no-verify, ...: a switch
-                g.add_argument(alias, dest=key, action="store_false" if alias.startswith("--no-") else "store_true",
-                               default=argparse.SUPPRESS, help=_HELP.get(key))
+            if tp is bool:  # a pair of switches: --download / --no-download, --progress / --no-progress, ...
+                g.add_argument(alias, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=_HELP.get(key))
     return p
 
 

@@ -28,12 +28,12 @@ CHOICES = {"train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.pr
 RUNTIME = {"runtime": True}
 
 #: Short flags that are not ``--<field-name>`` (every field also has ``--<section>.<field>``).
-_SHORT = {"model.name": "--model", "data.verify": "--no-verify", "run.progress": "--no-progress",
-          "train.early_stopping_patience": "--early-stopping"}
+_SHORT = {"model.name": "--model", "train.early_stopping_patience": "--early-stopping"}
 
 
 def flag(key: str) -> str:
-    """The experiment scripts' short flag of a field ``"section.field"``: ``train.batch_size`` -> ``--batch-size``."""
+    """The experiment scripts' short flag of a field ``"section.field"``: ``train.batch_size`` -> ``--batch-size``
+    (a boolean's also has its ``--no-`` form: ``--download`` / ``--no-download``)."""
     return _SHORT.get(key, "--" + key.split(".")[1].replace("_", "-"))
 
 
@@ -70,7 +70,7 @@ class DataConfig(_Section):
     tta: tuple[str, ...] = ()
     data_dir: str | None = field(default=None, metadata=RUNTIME)
     source_dir: str | None = field(default=None, metadata=RUNTIME)
-    download: bool = field(default=False, metadata=RUNTIME)
+    download: bool = field(default=True, metadata=RUNTIME)
     verify: bool = field(default=True, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
@@ -168,8 +168,9 @@ class RunConfig(_Section):
     """How the run is computed, free to change on resume. ``parallelism``: ``none`` (a mesh of one device),
     ``sharded`` (``jit`` over a mesh of every device of every process) or ``pmap`` (one host).
     ``distributed``: ``jax.distributed.initialize`` first (also env ``CNN_JAX_DISTRIBUTED=1`` or
-    ``CNN_JAX_COORDINATOR``, or a cluster JAX detects). ``steps_per_chunk``: steps per compiled call (None:
-    an epoch). ``keep``: latest checkpoints kept besides the best."""
+    ``CNN_JAX_COORDINATOR``, or a cluster JAX detects). ``steps_per_chunk``: steps per compiled call (None: as
+    many as take about a second, measured; progress and stop requests are seen between calls). ``keep``: latest
+    checkpoints kept besides the best."""
 
     parallelism: str = "none"
     distributed: bool = False
@@ -252,6 +253,5 @@ PRESETS: dict[str, Config] = {
         data=DataConfig(augment=("translate", "flip"), tta=("flip",)),
         model=ModelConfig(name="bn_cnn", widths=(48, 96, 192), dropout=0.2, conv_dropout=0.0),
         train=TrainConfig(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=24, weight_decay=5e-4,
-                          label_smoothing=0.05, clip=1.0, microbatch=32),
-        run=RunConfig(steps_per_chunk=100)),
+                          label_smoothing=0.05, clip=1.0, microbatch=32)),
 }

@@ -1,4 +1,4 @@
-"""Pure train/eval steps and their ``lax.scan``-fused chunk/epoch versions.
+"""Pure train/eval steps and their loop-fused chunk/epoch versions.
 
 Everything here is a pure function of explicit arguments, to be compiled by :mod:`cnn_jax.parallel`.
 Data are device-resident uint8 images ``(N, H, W, C)`` (NHWC) and int32 labels ``(N,)``; batches are
@@ -128,17 +128,19 @@ def train_step(
 
 
 def train_chunk(
-    state: TrainState, images: jax.Array, labels: jax.Array, *, step_fn: Callable, steps: int,
+    state: TrainState, images: jax.Array, labels: jax.Array, *, step_fn: Callable, steps: int | jax.Array,
     steps_per_epoch: int, global_batch: int, local_batch: int | None = None, axis_name: str | None = None,
     batch_sharding: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """``steps`` train steps fused with ``lax.scan``, all within the epoch ``state.step // steps_per_epoch``.
+    """``steps`` train steps fused in one loop, all within the epoch ``state.step // steps_per_epoch``.
 
-    The epoch's shuffle is ``permutation(fold_in(shuffle_root, epoch), N)``; step ``s`` uses batch
-    ``s % steps_per_epoch`` of it (a final partial batch is dropped). Under ``pmap`` each device takes its
-    ``local_batch`` slice of the global batch; under sharded ``jit`` the batch is constrained to
-    ``batch_sharding``. Returns the new state and summed metrics: ``loss_sum`` (over good steps),
-    ``correct``, ``good_steps``, ``bad_step`` (first non-finite step, or -1).
+    ``steps`` may be traced (an int32 scalar argument): one compiled function then runs chunks of any
+    length, with the same values as fusing them all (the loop body is the same step). The epoch's shuffle is
+    ``permutation(fold_in(shuffle_root, epoch), N)``; step ``s`` uses batch ``s % steps_per_epoch`` of it (a
+    final partial batch is dropped). Under ``pmap`` each device takes its ``local_batch`` slice of the global
+    batch; under sharded ``jit`` the batch is constrained to ``batch_sharding``. Returns the new state and
+    summed metrics: ``loss_sum`` (over good steps), ``correct``, ``good_steps``, ``bad_step`` (first
+    non-finite step, or -1).
     """
     n = images.shape[0]
     local_batch = local_batch or global_batch
@@ -146,7 +148,7 @@ def train_chunk(
     perm = jax.random.permutation(jax.random.fold_in(shuffle_root, state.step // steps_per_epoch), n)
     offset = lax.axis_index(axis_name) * local_batch if axis_name is not None else 0
 
-    def body(carry, _):
+    def body(_, carry):
         st, loss_sum, correct, good, bad = carry
         start = (st.step % steps_per_epoch) * global_batch + offset
         idx = lax.dynamic_slice(perm, (start,), (local_batch,))
@@ -156,12 +158,11 @@ def train_chunk(
         new, (loss, c, ok) = step_fn(st, x, y)
         bad = jnp.where((bad < 0) & ~ok, st.step, bad)
         zero = jnp.zeros_like(loss)
-        return (new, loss_sum + jnp.where(ok, loss, zero), correct + jnp.where(ok, c, 0), good + ok,
-                bad), None
+        return new, loss_sum + jnp.where(ok, loss, zero), correct + jnp.where(ok, c, 0), good + ok, bad
 
     init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
             jnp.full((), -1, jnp.int32))
-    (state, loss_sum, correct, good, bad), _ = lax.scan(body, init, None, length=steps)
+    state, loss_sum, correct, good, bad = lax.fori_loop(0, steps, body, init)
     return state, {"loss_sum": loss_sum, "correct": correct, "good_steps": good, "bad_step": bad}
 
 

@@ -20,6 +20,7 @@ import errno
 import functools
 import json
 import platform
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from cnn_jax.config import Config, differences
 from cnn_jax.files import RunLock, RunLockedError, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
-from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, model_variables
+from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, make_schedule, model_variables
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
            "saved_config", "has_checkpoints", "CKPT_SUBDIR", "CONFIG_FILE"]
@@ -46,8 +47,8 @@ __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate"
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
 #: What a run folder of ours holds (a folder holding anything else, and no checkpoints, is never written into).
-RUN_FILES = {CKPT_SUBDIR, CONFIG_FILE, "metrics.jsonl", "results.json", "figures", ".lock", ".config.json.tmp",
-             ".metrics.jsonl.tmp", ".results.json.tmp"}
+RUN_FILES = {CKPT_SUBDIR, CONFIG_FILE, "metrics.jsonl", "results.json", "figures", "tensorboard", ".lock",
+             ".config.json.tmp", ".metrics.jsonl.tmp", ".results.json.tmp"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,8 +75,8 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
 
 
 class Trainer:
-    """The compiled train/eval functions for one model and config (one trace per chunk length, counted in
-    ``trace_counts``); state and data go in and out explicitly.
+    """The compiled train/eval functions for one model and config (each traced once, for chunks of any length;
+    counted in ``trace_counts``); state and data go in and out explicitly.
 
     Args:
       model: a Flax module called as ``model.apply(vars, x, train=...)``.
@@ -97,6 +98,7 @@ class Trainer:
         self.preprocess = preprocess or default_preprocess
         self.eval_preprocess = eval_preprocess or self.preprocess
         self.tx = make_optimizer(cfg, self.steps_per_epoch * max(cfg.epochs, 1))
+        self.schedule = make_schedule(cfg, self.steps_per_epoch * max(cfg.epochs, 1))  # lr by step, as logged
         self.pmap = run.parallelism == "pmap"
         devices = list(devices) if devices is not None else (jax.local_devices() if self.pmap else jax.devices())
         self.devices = devices[:1] if run.parallelism == "none" else devices
@@ -110,7 +112,7 @@ class Trainer:
         self.model = model
         self.mesh = parallel.make_mesh(self.devices[:1] if self.pmap else self.devices)  # pmap evaluates here
         self.trace_counts: Counter[str] = Counter()
-        self._chunk_fns: dict[int, Any] = {}
+        self._chunk_fn = self._build_chunk()
         self._eval_fn = self._build_eval()
 
     # ------------------------------------------------------------------------------------ placement
@@ -141,7 +143,7 @@ class Trainer:
         return parallel.put_replicated(data, self.mesh)
 
     # ------------------------------------------------------------------------------------- compiled
-    def _build_chunk(self, steps: int):
+    def _build_chunk(self):
         cfg = self.cfg
         axis = parallel.PMAP_AXIS if self.pmap else None
         model = self.model
@@ -151,20 +153,20 @@ class Trainer:
             train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
             compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32, axis_name=axis,
             microbatch=cfg.microbatch)
-        kw = dict(step_fn=step_fn, steps=steps, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
+        kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
         if self.pmap:
             kw.update(local_batch=cfg.batch_size // len(self.devices), axis_name=axis)
         else:
             kw.update(batch_sharding=parallel.data_sharded(self.mesh))
 
-        def fn(state, images, labels):
+        def fn(state, images, labels, steps):
             self.trace_counts["train_chunk"] += 1
-            return train_chunk(state, images, labels, **kw)
+            return train_chunk(state, images, labels, steps=steps, **kw)
 
         if self.pmap:
-            return jax.pmap(fn, axis_name=axis, devices=self.devices, donate_argnums=0)
+            return jax.pmap(fn, axis_name=axis, devices=self.devices, donate_argnums=0, in_axes=(0, 0, 0, None))
         rep = parallel.replicated(self.mesh)
-        return jax.jit(fn, donate_argnums=0, in_shardings=(rep, rep, rep), out_shardings=(rep, rep))
+        return jax.jit(fn, donate_argnums=0, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
 
     def _build_eval(self):
         kw = dict(model=self.model, batch=self.config.run.eval_batch_size, preprocess=self.eval_preprocess,
@@ -179,12 +181,11 @@ class Trainer:
 
     def train_chunk(self, state: TrainState, data: tuple[Any, Any], steps: int | None = None
                     ) -> tuple[TrainState, dict[str, Any]]:
-        """``steps`` (default ``run.steps_per_chunk`` or an epoch) fused steps; ``state`` is donated.
-        Returns the new state and device metrics (:func:`cnn_jax.steps.train_chunk`), not synced."""
+        """``steps`` (default ``run.steps_per_chunk`` or an epoch) fused steps, within one epoch; ``state`` is
+        donated. One compiled function serves every length. Returns the new state and device metrics
+        (:func:`cnn_jax.steps.train_chunk`), not synced."""
         steps = steps or self.config.run.steps_per_chunk or self.steps_per_epoch
-        if steps not in self._chunk_fns:
-            self._chunk_fns[steps] = self._build_chunk(steps)
-        state, metrics = self._chunk_fns[steps](state, *data)
+        state, metrics = self._chunk_fn(state, *data, np.int32(steps))
         return state, parallel.unreplicate(metrics) if self.pmap else metrics
 
     def check_finite(self, state: TrainState, metrics: dict[str, Any]) -> None:
@@ -360,11 +361,27 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+#: Automatic chunks (``run.steps_per_chunk`` None) take about this long: the progress bar moves, and a stop
+#: request is seen, once per chunk.
+CHUNK_SECONDS = 1.0
+
+
+def chunk_steps(fixed: int | None, per_step: float | None, remaining: int) -> int:
+    """Steps of the next compiled call: ``fixed`` (``run.steps_per_chunk``), else as many as take about
+    :data:`CHUNK_SECONDS` at the last measured ``per_step`` seconds (one step while nothing is measured),
+    never past the epoch's ``remaining`` steps."""
+    if fixed:
+        return min(fixed, remaining)
+    return 1 if per_step is None else max(1, min(remaining, int(CHUNK_SECONDS / max(per_step, 1e-9))))
+
+
 def _epochs(trainer: Trainer, config: Config, state, history, partial, train, val, monitor, run_dir: Path,
             ckpt: RunCheckpointer, save: Callable, stop: StopSignal, is_main: bool):
-    """The epoch loop: compiled chunks, progress, per-epoch evaluation, metrics line and checkpoint."""
+    """The epoch loop: compiled chunks, progress, per-epoch evaluation, metrics line, TensorBoard and
+    checkpoint."""
+    from cnn_jax.summaries import Summaries
+
     cfg, spe = config.train, trainer.steps_per_epoch
-    chunk = min(config.run.steps_per_chunk or spe, spe)
     train_data = trainer.put_data(train.images, train.labels)
     val_data = trainer.put_data(val.images, val.labels, for_eval=True) if len(val) else None
     monitor_data = trainer.put_data(monitor.images, monitor.labels, for_eval=True) if monitor is not None else None
@@ -376,62 +393,78 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
     fit_start = time.perf_counter() - (history[-1].get("elapsed", 0.0) if history else 0.0)
     if _stalled(history, cfg.early_stopping_patience):
         return state, history, True
-    for epoch in range(start_step // spe, cfg.epochs):
-        skip = start_step - epoch * spe if epoch == start_step // spe else 0
-        sums = dict(partial) if skip and partial else {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        t0 = time.perf_counter() - sums["seconds"]
-        bar = tqdm(total=spe * cfg.batch_size, initial=skip * cfg.batch_size, unit="img", leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (config.run.progress and is_main),
-                   dynamic_ncols=True)
-        done = skip
-        while done < spe:
-            steps = min(chunk, spe - done)
-            state, m = trainer.train_chunk(state, train_data, steps)
-            trainer.check_finite(state, m)  # the one host sync per chunk
-            m = parallel.to_host(m)
-            done += steps
-            sums.update(loss_sum=sums["loss_sum"] + float(m["loss_sum"]), correct=sums["correct"] + int(m["correct"]),
-                        seen=sums["seen"] + steps * cfg.batch_size)
-            bar.update(steps * cfg.batch_size)
-            bar.set_postfix(loss=f"{sums['loss_sum'] / max(sums['seen'] // cfg.batch_size, 1):.4f}",
-                            acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}",
-                            img_s=f"{sums['seen'] / (time.perf_counter() - t0):,.0f}")
-            if done < spe and stop():  # mid-epoch: keep the epoch's running sums
-                bar.close()
+    summaries = Summaries(run_dir, history) if is_main else None
+    # a bar on a terminal (images over the whole run, img/s, ETA); plain lines per epoch otherwise
+    bar = tqdm(total=cfg.epochs * spe * cfg.batch_size, initial=start_step * cfg.batch_size, unit="img",
+               unit_scale=True, leave=False, dynamic_ncols=True,
+               disable=not (config.run.progress and is_main and sys.stderr.isatty()))
+    per_step, warm = None, False  # measured seconds per step; the first call compiles and is not timed
+    try:
+        for epoch in range(start_step // spe, cfg.epochs):
+            skip = start_step - epoch * spe if epoch == start_step // spe else 0
+            sums = dict(partial) if skip and partial else {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            t0 = time.perf_counter() - sums["seconds"]
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            done = skip
+            while done < spe:
+                steps = chunk_steps(config.run.steps_per_chunk, per_step, spe - done)
+                if jax.process_count() > 1:  # every process runs the same chunks
+                    from jax.experimental import multihost_utils
+
+                    steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
+                t_chunk = time.perf_counter()
+                state, m = trainer.train_chunk(state, train_data, steps)
+                trainer.check_finite(state, m)  # the one host sync per chunk
+                m = parallel.to_host(m)
+                if warm:
+                    per_step = (time.perf_counter() - t_chunk) / steps
+                warm = True
+                done += steps
+                sums.update(loss_sum=sums["loss_sum"] + float(m["loss_sum"]),
+                            correct=sums["correct"] + int(m["correct"]), seen=sums["seen"] + steps * cfg.batch_size)
+                bar.set_postfix(loss=f"{sums['loss_sum'] / max(sums['seen'] // cfg.batch_size, 1):.4f}",
+                                acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}", refresh=False)
+                bar.update(steps * cfg.batch_size)
+                if done < spe and stop():  # mid-epoch: keep the epoch's running sums
+                    ckpt.wait()
+                    raise StoppedError(stop.requested, save(state, history,
+                                                            {**sums, "seconds": time.perf_counter() - t0}))
+            seconds = time.perf_counter() - t0
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1, "step": (epoch + 1) * spe,
+                "train_loss": sums["loss_sum"] / max(sums["seen"] // cfg.batch_size, 1),
+                "train_accuracy": sums["correct"] / max(sums["seen"], 1), "seconds": seconds,
+                "images_per_s": sums["seen"] / seconds, "lr": float(trainer.schedule((epoch + 1) * spe - 1))}
+            ev = trainer.evaluate(state, train_eval_data)
+            metrics.update(train_eval_loss=float(ev["loss"]), train_eval_accuracy=float(ev["accuracy"]))
+            if val_data is not None:
+                ev = trainer.evaluate(state, val_data)
+                metrics.update(val_loss=float(ev["loss"]), val_accuracy=float(ev["accuracy"]),
+                               val_confusion=np.asarray(ev["confusion"]).tolist())
+            if monitor_data is not None:
+                ev = trainer.evaluate(state, monitor_data)
+                metrics.update(test_loss=float(ev["loss"]), test_accuracy=float(ev["accuracy"]))
+            metrics["elapsed"] = time.perf_counter() - fit_start
+            history = [*history, metrics]
+            if is_main:
+                with (run_dir / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                summaries.write(metrics)
+                if config.run.progress:
+                    val_txt = f" val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f}" \
+                        if val_data is not None else ""
+                    tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} acc "
+                               f"{metrics['train_accuracy']:.4f}{val_txt} ({metrics['images_per_s']:,.0f} img/s)")
+            step = save(state, history, metrics={"val_accuracy": metrics.get("val_accuracy", float("nan"))})
+            if epoch + 1 < cfg.epochs and stop():
                 ckpt.wait()
-                raise StoppedError(stop.requested, save(state, history, {**sums, "seconds": time.perf_counter() - t0}))
+                raise StoppedError(stop.requested, step)
+            if _stalled(history, cfg.early_stopping_patience):
+                return state, history, True
+    finally:
         bar.close()
-        seconds = time.perf_counter() - t0
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1, "step": (epoch + 1) * spe,
-            "train_loss": sums["loss_sum"] / max(sums["seen"] // cfg.batch_size, 1),
-            "train_accuracy": sums["correct"] / max(sums["seen"], 1), "seconds": seconds,
-            "images_per_s": sums["seen"] / seconds}
-        ev = trainer.evaluate(state, train_eval_data)
-        metrics.update(train_eval_loss=float(ev["loss"]), train_eval_accuracy=float(ev["accuracy"]))
-        if val_data is not None:
-            ev = trainer.evaluate(state, val_data)
-            metrics.update(val_loss=float(ev["loss"]), val_accuracy=float(ev["accuracy"]),
-                           val_confusion=np.asarray(ev["confusion"]).tolist())
-        if monitor_data is not None:
-            ev = trainer.evaluate(state, monitor_data)
-            metrics.update(test_loss=float(ev["loss"]), test_accuracy=float(ev["accuracy"]))
-        metrics["elapsed"] = time.perf_counter() - fit_start
-        history = [*history, metrics]
-        if is_main:
-            with (run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if config.run.progress:
-                val_txt = f" val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f}" \
-                    if val_data is not None else ""
-                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}"
-                           f"{val_txt} ({metrics['images_per_s']:,.0f} img/s)")
-        step = save(state, history, metrics={"val_accuracy": metrics.get("val_accuracy", float("nan"))})
-        if epoch + 1 < cfg.epochs and stop():
-            ckpt.wait()
-            raise StoppedError(stop.requested, step)
-        if _stalled(history, cfg.early_stopping_patience):
-            return state, history, True
+        if summaries is not None:
+            summaries.close()
     return state, history, False
 
 

@@ -1,6 +1,7 @@
 """Train a CNN on EMNIST Digits: ``--preset lab`` (the notebook's CNN) or ``--preset best`` (regularised).
 
-Needs NIST's ``gzip.zip`` (``--source-dir``) or ``--download`` the first time; see the README's Datasets section.
+The first time it downloads NIST's ``gzip.zip`` (562 MB), or takes it from ``--source-dir``; see the README's
+Datasets section.
 
     python experiments/emnist_digits.py --preset lab --source-dir ~/Downloads    # --help lists every flag
 """

@@ -5,8 +5,8 @@
     python experiments/study.py -- --epochs 3 --limit 2000   # flags after -- go to every run
 
 Each run is an ordinary run folder under ``--workdir`` (the same command resumes, or reports finished runs);
-the comparison goes to ``--out`` (``report.md``, ``report.json``, ``report.png``). Without EMNIST's files the
-digits run is skipped, with how to get them, and the rest is done.
+the comparison goes to ``--out`` (``report.md``, ``report.json``, ``report.png``). EMNIST is downloaded the first
+time; offline and without its files the digits run is skipped, with how to get them, and the rest is done.
 """
 
 import argparse

@@ -355,14 +355,14 @@ def test_missing_dataset_fails_fast_with_help(tmp_path, monkeypatch):
     monkeypatch.setitem(DATASETS, "fashion_mnist", spec)
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotFoundError) as info:
-        load("fashion_mnist", data_dir=str(tmp_path / "d"))
+        load("fashion_mnist", data_dir=str(tmp_path / "d"), download=False)
     assert time.perf_counter() - t0 < 5
     msg = str(info.value)
     for needle in ("fashion_mnist", str(tmp_path / "d"), "no-such-dir", "apt-get install dataset-fashion-mnist",
-                   "train-images-idx3-ubyte.gz", "--from DIR", "download=False"):
+                   "train-images-idx3-ubyte.gz", "--from DIR", "download: not allowed (--no-download"):
         assert needle in msg, needle
     with pytest.raises(DatasetNotFoundError, match=r"gzip\.zip"):
-        load("emnist/digits", data_dir=str(tmp_path / "d"))
+        load("emnist/digits", data_dir=str(tmp_path / "d"), download=False)
     assert not (tmp_path / "d" / "fashion_mnist" / "3.0.1").exists()
 
 

@@ -41,5 +41,7 @@ def test_notebook_runs_and_trains_when_no_run(fashion_tfds_dir, tmp_path, monkey
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "training a tiny one" in text and "loaded " in text
     assert "-> SAME (1, 28, 28, 8)" in text and "max_pool -> (1, 14, 14, 8)" in text
+    assert "read_image: 64x64 L; inverted (dark on light -> light on dark" in text and "-> (28, 28, 1)" in text
+    assert "my_picture.png: " in text  # the --image command's answer, with its top classes
     accuracy = float(text.split("accuracy on the first 2000 test images: ")[1].split("%")[0])
     assert 30 < accuracy <= 100  # one tiny epoch, well above chance (10%)

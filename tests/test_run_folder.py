@@ -273,8 +273,17 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
     assert _history(tmp_path / "ref") == _history(reference)
     results, ref_results = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "ref", reference))
     assert results["test_accuracy"] == ref_results["test_accuracy"]
-    leftovers = [p.name for p in (tmp_path / "ref").rglob("*") if "tmp" in p.name]
+    leftovers = [p.name for p in (tmp_path / "ref").rglob("*") if "tmp" in p.name and "tfevents" not in p.name]
     assert leftovers == []  # nothing a later run would misread
+    # TensorBoard shows each epoch once, as in metrics.jsonl, however often the run was killed and resumed
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((tmp_path / "ref" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(tmp_path / "ref" / "tensorboard"))
+    events.Reload()
+    history = _history(tmp_path / "ref")
+    assert [e.step for e in events.Scalars("accuracy/val")] == [h["step"] for h in history] == [SPE, 2 * SPE]
+    assert [e.value for e in events.Scalars("accuracy/val")] == pytest.approx([h["val_accuracy"] for h in history])
     from cnn_jax import load
 
     with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,4 @@
-"""``python -m cnn_jax.data prepare NAME [--from DIR] [--data-dir D] [--download]``.
+"""``python -m cnn_jax.data prepare NAME [--from DIR] [--data-dir D] [--no-download]``.
 
 Prepares ``fashion_mnist`` or ``emnist/digits`` (aliases accepted) as array_record under the TFDS data
 dir (``--data-dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``) without TensorFlow, then
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                         "holding it or the emnist-digits-* IDX files)")
     p.add_argument("--data-dir", metavar="D",
                    help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    p.add_argument("--download", action="store_true", help="fetch the official files (needs network)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="fetch the official files when not found locally (default; --no-download: never)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip checksums and expected counts (custom/synthetic files)")
     args = parser.parse_args(argv)

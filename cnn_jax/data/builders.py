@@ -17,6 +17,7 @@ transpose once here, so the prepared images are upright, and record ``{"cnn_jax_
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as _tfds_mnist
 
 from cnn_jax.data.sources import (
@@ -37,8 +39,8 @@ from cnn_jax.data.sources import (
     read_source,
 )
 
-__all__ = ["FashionMnist", "Emnist", "ORIENTATION_KEY", "builder_for", "default_data_dir", "prepare",
-           "not_found_message"]
+__all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "builder_for", "default_data_dir",
+           "download_urls", "not_found_message", "prepare", "unreachable"]
 
 ORIENTATION_KEY = "cnn_jax_orientation"
 
@@ -57,17 +59,33 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _require_network(urls: tuple[str, ...], timeout: float = 5.0) -> None:
-    """Fail within ``timeout`` seconds when the hosts serving ``urls`` cannot be reached."""
+MIRROR_ENV = "CNN_JAX_DATA_MIRROR"
+
+
+def download_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """``urls``, or the same file names under ``$CNN_JAX_DATA_MIRROR`` (a base URL) when it is set."""
+    base = os.environ.get(MIRROR_ENV)
+    if not base:
+        return urls
+    return tuple(urllib.parse.urljoin(base.rstrip("/") + "/", url.rsplit("/", 1)[1]) for url in urls)
+
+
+def unreachable(urls: tuple[str, ...], timeout: float = 5.0) -> str | None:
+    """Why the hosts serving ``urls`` cannot be reached (name lookup included), within ``timeout`` seconds
+    per host; None when they can."""
     for url in urls:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
+        pool = concurrent.futures.ThreadPoolExecutor(1)  # a name lookup ignores socket timeouts
         try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            pool.submit(socket.create_connection, (parts.hostname, port), timeout).result(timeout).close()
+        except concurrent.futures.TimeoutError:
+            return f"cannot reach {parts.hostname}:{port} within {timeout:.0f} s (no network?)"
         except OSError as e:
-            raise DatasetNotFoundError(f"cannot reach {parts.hostname}:{port} to download {url} ({e}); "
-                                       "no network? fetch the file by hand and use --from DIR "
-                                       "(load(..., source_dir=DIR))") from e
+            return f"cannot reach {parts.hostname}:{port} ({e}; no network?)"
+        finally:
+            pool.shutdown(wait=False)
+    return None
 
 
 class _TfFreeMixin:
@@ -85,6 +103,13 @@ class _TfFreeMixin:
     @classmethod
     def _checksums_path(cls):  # the stock builder's registered checksums (url_checksums/<name>.txt)
         return tfds.core.utils.tfds_path() / "url_checksums" / f"{cls.name}.txt"
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def url_infos(cls):
+        """The registered checksums, for the official URLs and for the same files on a mirror."""
+        infos = tfds.download.checksums.load_url_infos(cls._checksums_path)
+        return {**infos, **dict(zip(download_urls(tuple(infos)), infos.values(), strict=True))}
 
     def _download(self, dl_manager) -> str | dict[str, str]:
         raise NotImplementedError
@@ -111,8 +136,7 @@ class FashionMnist(_TfFreeMixin, _tfds_mnist.FashionMNIST, skip_registration=Tru
 
     def _download(self, dl_manager):
         spec = DATASETS[self._cnn_name]
-        _require_network(spec.urls[:1])
-        urls = {kind: urllib.parse.urljoin(self.URL, fname) for kind, fname in spec.files.items()}
+        urls = dict(zip(spec.files, download_urls(spec.urls), strict=True))
         return {kind: os.fspath(p) for kind, p in dl_manager.download(urls).items()}
 
 
@@ -135,8 +159,7 @@ class Emnist(_TfFreeMixin, _tfds_mnist.EMNIST, skip_registration=True):
         return info
 
     def _download(self, dl_manager):
-        _require_network((self.URL,))
-        return os.fspath(dl_manager.download(self.URL))
+        return os.fspath(dl_manager.download(download_urls((self.URL,))[0]))
 
 
 def builder_for(name: str, data_dir: str | os.PathLike | None = None, **kwargs) -> tfds.core.DatasetBuilder:
@@ -148,36 +171,38 @@ def builder_for(name: str, data_dir: str | os.PathLike | None = None, **kwargs) 
     return Emnist(config=name.split("/", 1)[1], **common)
 
 
-def not_found_message(name: str, data_path: Path, tried_local: list[str], download: bool) -> str:
-    """The message for a dataset that is neither prepared, local, nor downloadable."""
+def not_found_message(name: str, data_path: Path, tried_local: list[str], download: str) -> str:
+    """The message for a dataset that is neither prepared, local, nor downloadable; ``download`` says what
+    became of the download (not allowed, or why it failed)."""
     spec = DATASETS[canonical_name(name)]
     lines = [f"dataset {spec.name} is not available. Tried:",
              f"  - a prepared copy in {data_path} (data dir from the data_dir argument / --data-dir, "
              "else $TFDS_DATA_DIR, else ~/tensorflow_datasets): not there"]
     lines += [f"  - raw files in {d}: not there" for d in tried_local] or [
         "  - raw files: no source_dir / --from given and no default location for this dataset"]
-    lines.append("  - download: " + ("failed" if download else "not allowed (download=False)"))
+    lines.append(f"  - download: {download}")
     lines.append("Get it one of these ways:")
     if spec.apt:
         lines.append(f"  - apt-get install {spec.apt}   (its files are then found automatically)")
     lines.append("  - fetch by hand: " + " ".join(spec.urls))
     lines.append(f"    then: python -m cnn_jax.data prepare {spec.name} --from DIR [--data-dir D]"
                  "   (or cnn_jax.data.load(..., source_dir=DIR))")
-    lines.append(f"  - with network access: python -m cnn_jax.data prepare {spec.name} --download "
-                 "(or load(..., download=True))")
+    lines.append("  - on a machine with network access, the same command downloads it (checksummed; or set "
+                 f"${MIRROR_ENV} to a mirror's base URL)")
     return "\n".join(lines)
 
 
 def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
-            data_dir: str | os.PathLike | None = None, download: bool = False,
+            data_dir: str | os.PathLike | None = None, download: bool = True,
             verify: bool = True) -> Path:
     """Prepare ``name`` as array_record under ``data_dir``; returns the prepared directory.
 
     Already prepared: returned as is (no reading, no network). Else the raw files are taken from
     ``source_dir`` (directory or, for EMNIST, NIST's ``gzip.zip``), else from the dataset's default
     location (Debian's ``/usr/share/datasets/fashion-mnist``), else downloaded through TFDS's download
-    manager with the registered checksums when ``download=True``; otherwise
-    :class:`DatasetNotFoundError` (raised at once, no network). Bad raw files raise
+    manager with the registered checksums (from ``$CNN_JAX_DATA_MIRROR`` when set) unless
+    ``download=False``; otherwise (or when the hosts cannot be reached within seconds)
+    :class:`DatasetNotFoundError`. Bad raw files raise
     :class:`DataSourceError`/``IdxError`` naming the file. ``verify=False`` skips checksums and expected
     counts (synthetic/test data).
     """
@@ -186,14 +211,26 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     if probe.is_prepared():
         return Path(probe.data_path)
     source = find_source(spec.name, source_dir)
-    if source is None and not download:
-        raise DatasetNotFoundError(not_found_message(spec.name, Path(probe.data_path),
-                                                     list(spec.default_dirs), download))
+    if source is None:
+        why = "not allowed (--no-download / download=False)" if not download else unreachable(
+            download_urls(spec.urls))
+        if why:
+            raise DatasetNotFoundError(not_found_message(spec.name, Path(probe.data_path),
+                                                         list(spec.default_dirs), why))
+        print(f"{spec.name}: downloading {', '.join(download_urls(spec.urls))} (TFDS's download manager, "
+              "registered checksums; --no-download turns this off)", flush=True)
     builder = builder_for(spec.name, data_dir, source=source, verify=verify)
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+    try:
+        builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False, force_checksums_validation=source is None))
+    except tfds.download.DownloadError as e:  # e.g. a 404, or the connection dropped
+        raise DatasetNotFoundError(not_found_message(spec.name, Path(probe.data_path), list(spec.default_dirs),
+                                                     f"failed ({str(e).strip().splitlines()[0][:200]})")) from None
+    except NonMatchingChecksumError as e:
+        raise DataSourceError(f"a downloaded file of {spec.name} failed its registered checksum "
+                              f"({str(e).strip().splitlines()[0][:200]}); nothing was prepared: the server "
+                              "(or a proxy/mirror) sent other bytes, try again later or fetch the files by hand "
+                              "(--from DIR)") from None
     path = Path(builder.data_path)
     if not builder.is_prepared():  # pragma: no cover - TFDS renames only on success
         raise DataSourceError(f"{path}: preparation did not complete")

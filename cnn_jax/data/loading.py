@@ -3,8 +3,8 @@
 Flow of :func:`load`:
 
 1. prepared under the data dir (``data_dir`` / ``$TFDS_DATA_DIR`` / ``~/tensorflow_datasets``)? use it,
-   no network. Else prepare it (:func:`cnn_jax.data.builders.prepare`: local raw files, or a download
-   when ``download=True``), or fail at once with a message saying what was tried and how to get it.
+   no network. Else prepare it (:func:`cnn_jax.data.builders.prepare`: local raw files, else a download
+   unless ``download=False``), or fail within seconds with a message saying what was tried and how to get it.
 2. decoded cache ``<prepared dir>/cnn_jax_decoded.npz`` valid for these shards? read it (well under a
    second). Else read both splits through ``tfds.data_source`` (array_record, PNG decoded by Pillow),
    fix EMNIST's orientation if the preparation did not, write the cache atomically (tmp + rename).
@@ -155,7 +155,7 @@ def _decode(name: str, data_dir: Path, data_path: Path, progress: bool) -> dict[
 
 # ---------------------------------------------------------------------------------------------- load
 def load(name: str, *, data_dir: str | None = None, source_dir: str | None = None, val_size: int = 5000,
-         seed: int = 0, download: bool = False, verify: bool = True, progress: bool = False) -> Splits:
+         seed: int = 0, download: bool = True, verify: bool = True, progress: bool = False) -> Splits:
     """Load ``name`` (``fashion_mnist``, ``emnist/digits``; aliases ``emnist_digits``...) as arrays.
 
     Args:
@@ -165,7 +165,8 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
         files, found automatically in ``/usr/share/datasets/fashion-mnist``; EMNIST: NIST's
         ``gzip.zip``, a folder holding it, or the ``emnist-digits-*`` IDX files).
       val_size: examples held out of train for validation (seeded by ``seed``; 0 allowed).
-      download: allow fetching the official files with TFDS's download manager (checksummed).
+      download: fetch the official files with TFDS's download manager (registered checksums) when the
+        dataset is neither prepared nor found locally (as ``tfds.load`` does); False: never.
       verify: when preparing from local files, check checksums and expected counts (``False`` for
         synthetic/custom files; structure is always checked).
       progress: show a tqdm bar while decoding.
@@ -174,7 +175,7 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
       :class:`Splits` with uint8 NHWC ``(N, 28, 28, 1)`` images and int32 labels.
 
     Raises:
-      DatasetNotFoundError: not prepared, no local files, download not allowed/possible (at once).
+      DatasetNotFoundError: not prepared, no local files, download not allowed or hosts unreachable.
       DataSourceError / IdxError: bad raw files (naming the file).
     """
     name = canonical_name(name)
