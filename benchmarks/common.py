@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: the LabCNN FLOP count and a measured GEMM peak."""
+"""Helpers shared by the benchmark scripts: FLOP counts of the package's CNNs and measured GEMM peaks."""
 
 from __future__ import annotations
 
@@ -9,29 +9,35 @@ import jax
 import jax.numpy as jnp
 
 
-def lab_cnn_forward_flops(size: int = 28, channels: int = 1, widths: Sequence[int] = (32, 64), dense: int = 128,
-                          classes: int = 10) -> dict[str, float]:
-    """Forward FLOPs per image (multiply-adds x 2) of LabCNN's layers: ``conv1``, ``conv2``, ... (VALID 3x3)
-    and ``dense`` (both dense layers)."""
+def cnn_forward_flops(size: int = 28, channels: int = 1, widths: Sequence[int] = (32, 64), dense: int = 128,
+                      classes: int = 10, padding: str = "VALID") -> dict[str, float]:
+    """Forward FLOPs per image (multiply-adds x 2) of a conv stack (3x3 convs, each followed by a 2x2 pool:
+    LabCNN with ``VALID``, BNCNN with ``SAME``): ``conv1``, ``conv2``, ... and ``dense`` (both dense layers)."""
     out, h, c = {}, size, channels
     for i, w in enumerate(widths):
-        h -= 2
+        h = h - 2 if padding == "VALID" else h
         out[f"conv{i + 1}"] = 2.0 * h * h * 9 * c * w
         h, c = h // 2, w
     out["dense"] = 2.0 * (h * h * c * dense + dense * classes)
     return out
 
 
+def lab_cnn_forward_flops(**kwargs) -> dict[str, float]:
+    """:func:`cnn_forward_flops` of LabCNN (VALID convs 32, 64; dense 128)."""
+    return cnn_forward_flops(**kwargs)
+
+
 def lab_cnn_train_flops(**kwargs) -> float:
-    """FLOPs per trained image: 3x the forward FLOPs (~15.8 MFLOP for 28x28x1); kwargs as
-    :func:`lab_cnn_forward_flops`."""
-    return 3.0 * sum(lab_cnn_forward_flops(**kwargs).values())
+    """FLOPs per trained image: 3x the forward FLOPs (~15.8 MFLOP for LabCNN on 28x28x1); kwargs as
+    :func:`cnn_forward_flops`."""
+    return 3.0 * sum(cnn_forward_flops(**kwargs).values())
 
 
-def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of the fastest of ``repeats`` jitted float32 ``n x n`` matmuls: the reference for "% of peak"."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+    """GFLOP/s of the fastest of ``repeats`` jitted ``n x n`` matmuls: the reference for "% of peak".
+    ``dtype=jnp.bfloat16``: bfloat16 inputs, float32 accumulation and output (``preferred_element_type``)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     jax.block_until_ready(f(a))
     times = []
     for _ in range(repeats):

@@ -1,27 +1,33 @@
-"""LabCNN training throughput: cnn_jax vs its peers, side by side in one process and one sitting.
+"""Training throughput: cnn_jax against PyTorch eager and the Flax example's style, side by side in one run.
 
-    python benchmarks/peers.py [--batch-sizes 128 512] [--windows 5] [--steps 20] [--json out.json] [--smoke]
+    python benchmarks/peers.py [--batch-sizes 128 512] [--rounds 7] [--window 1.0] [--models lab bn]
+                               [--json out.json] [--smoke]
 
-Same network (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1 input), same batch, Adam, float32:
+Every row trains the whole step (forward, backward, Adam update) of one network at one batch size:
 
-* ``cnn_jax``: the package's train step, ``steps`` steps fused with ``lax.scan`` over device-resident data,
-  with ``microbatch=16`` (in-step gradient accumulation, cache-sized activations); ``cnn_jax_microbatch32``
-  and ``cnn_jax_full_batch`` show what that choice buys;
-* ``flax_example``: the Flax MNIST example's style: ``nnx.Conv``/``nnx.max_pool``, an ``nnx.jit`` step fed host
-  numpy batches from a Python loop;
-* ``torch_eager``: PyTorch eager on the CPU, threads = cores (skipped if torch is not installed:
-  ``pip install torch==2.13.0``).
+* ``lab``: LabCNN (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1);
+* ``bn``: the ``best`` preset's BN-CNN (widths 48/96/192, SAME convs, batch norm, dense 256, dropout 0.2).
 
-Each runs after warm-up; runners alternate window by window so drift hits all equally; the median window is
-reported. A GEMM peak (float32 matmul, 2048^2, jit; the best of measurements before and after each batch size's
-block) is measured in the same run; achieved GFLOP/s counts
-3x the forward FLOPs of the network per trained image. Prints a table and writes it as JSON.
+Runners: ``jax_defaults`` (``TrainConfig(batch_size=B, optimizer="adam")``: what a user gets without flags),
+``jax_best`` (the fastest flags measured: ``microbatch`` 16 for LabCNN, 32 for the BN-CNN as in the preset),
+``jax_bf16`` (``precision="bf16"``: bfloat16 compute, float32 master weights, with the best flags),
+``flax_example`` (LabCNN in the Flax MNIST example's style: an ``nnx.jit`` step fed host numpy batches),
+``torch_f32`` and ``torch_bf16`` (PyTorch eager, 2 threads, float32 and ``torch.autocast`` bfloat16; skipped
+when torch is not installed: ``pip install torch==2.13.0``). cnn_jax runs ``Trainer.train_chunk`` over
+device-resident data, as training does.
+
+Timing: after warm-up each runner gets the step count that fills ``--window`` seconds; each round runs every
+runner once (the order rotated each round, so drift hits all alike); the median and the range over rounds are
+reported. GEMM peaks (2048^3 under ``jit``; float32, and bfloat16 inputs with float32 accumulation) are
+measured before and after each block in the same run; the best reading is the peak. GFLOP/s counts 3x the
+forward FLOPs per trained image. Prints a table (also as Markdown with ``--markdown``) and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,11 +39,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import gemm_peak_gflops, lab_cnn_forward_flops, lab_cnn_train_flops  # benchmarks/ (the script's folder)
+from common import cnn_forward_flops, gemm_peak_gflops  # benchmarks/ (the script's folder)
 from jax import lax
 
 H = W = 28
 NUM_CLASSES = 10
+#: The networks: cnn_jax model name and constructor arguments, FLOP-count arguments, best flags.
+MODELS = {
+    "lab": {"name": "lab_cnn", "kwargs": {}, "flops": {}, "best": {"microbatch": 16}},
+    "bn": {"name": "bn_cnn", "kwargs": {"widths": (48, 96, 192), "dropout": 0.2, "conv_dropout": 0.0},
+           "flops": {"widths": (48, 96, 192), "dense": 256, "padding": "SAME"}, "best": {"microbatch": 32}},
+}
+LABELS = {"jax_defaults": "cnn_jax, defaults", "jax_best": "cnn_jax, best flags", "jax_bf16": "cnn_jax, bf16",
+          "flax_example": "Flax example style", "torch_f32": "PyTorch eager f32",
+          "torch_bf16": "PyTorch eager bf16 autocast"}
 
 
 def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,43 +60,54 @@ def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, H, W, 1), dtype=np.uint8), rng.integers(0, NUM_CLASSES, n).astype(np.int32)
 
 
+def train_flops(model: str) -> float:
+    return 3.0 * sum(cnn_forward_flops(**MODELS[model]["flops"]).values())
+
+
 # --------------------------------------------------------------------------------------------- runners
-# A runner factory takes (batch, steps) and returns a function that trains `steps` batches and blocks.
-Runner = Callable[[], None]
+# A runner factory takes (model, batch) and returns run(steps): train `steps` batches, then block.
+Runner = Callable[[int], None]
 
 
-def _cnn_jax(batch: int, steps: int, microbatch: int | None) -> Runner:
-    from cnn_jax import Config, RunConfig, TrainConfig, Trainer, get_model
+def _cnn_jax(model: str, batch: int, **train) -> Runner:
+    from cnn_jax import Config, TrainConfig, Trainer, get_model
 
-    images, labels = synthetic_data(batch * steps)
-    mb = microbatch if microbatch and batch % microbatch == 0 and batch > microbatch else None
-    cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, microbatch=mb),
-                 run=RunConfig(steps_per_chunk=steps))
-    trainer = Trainer(get_model("lab_cnn"), cfg, len(images), (H, W, 1))
-    data = trainer.put_data(images, labels)  # device-resident uint8; shuffle/batch/scale inside the scan
-    box = [trainer.init_state()]
+    spec = MODELS[model]
+    images, labels = synthetic_data(max(16 * batch, 8192))
+    mb = train.get("microbatch")
+    train["microbatch"] = mb if mb and batch > mb and batch % mb == 0 else None
+    cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, **train))
+    trainer = Trainer(get_model(spec["name"], **spec["kwargs"]), cfg, len(images), (H, W, 1))
+    data = trainer.put_data(images, labels)  # device-resident uint8; shuffle, gather, scale inside the step
+    spe = trainer.steps_per_epoch
+    box = {"state": trainer.init_state(), "step": 0}
 
-    def run() -> None:
-        box[0], metrics = trainer.train_chunk(box[0], data, steps)  # one compiled lax.scan over `steps` steps
+    def run(steps: int) -> None:
+        metrics = None
+        while steps > 0:  # a chunk never crosses an epoch
+            k = min(steps, spe - box["step"] % spe)
+            box["state"], metrics = trainer.train_chunk(box["state"], data, k)
+            box["step"], steps = box["step"] + k, steps - k
         jax.block_until_ready(metrics)
 
     return run
 
 
-def cnn_jax_runner(batch: int, steps: int) -> Runner:
-    """Gradient accumulation over 16-image slices inside the step (about level with 32 on this CPU)."""
-    return _cnn_jax(batch, steps, microbatch=16)
+def jax_defaults_runner(model: str, batch: int) -> Runner:
+    return _cnn_jax(model, batch)
 
 
-def cnn_jax_microbatch32_runner(batch: int, steps: int) -> Runner:
-    return _cnn_jax(batch, steps, microbatch=32)
+def jax_best_runner(model: str, batch: int) -> Runner:
+    return _cnn_jax(model, batch, **MODELS[model]["best"])
 
 
-def cnn_jax_full_batch_runner(batch: int, steps: int) -> Runner:
-    return _cnn_jax(batch, steps, microbatch=None)
+def jax_bf16_runner(model: str, batch: int) -> Runner:
+    return _cnn_jax(model, batch, precision="bf16", **MODELS[model]["best"])
 
 
-def flax_example_runner(batch: int, steps: int) -> Runner:
+def flax_example_runner(model: str, batch: int) -> Runner:
+    if model != "lab":
+        raise NotImplementedError("the Flax example's network is LabCNN")
     from flax import nnx
 
     class CNN(nnx.Module):
@@ -98,70 +124,128 @@ def flax_example_runner(batch: int, steps: int) -> Runner:
             x = self.dropout(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
             return self.dense2(x)
 
-    model = CNN(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    net = CNN(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
 
     @nnx.jit
-    def train_step(model, optimizer, x, y):
-        def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def train_step(net, optimizer, x, y):
+        def loss_fn(net):
+            return optax.softmax_cross_entropy_with_integer_labels(net(x), y).mean()
 
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
+        loss, grads = nnx.value_and_grad(loss_fn)(net)
+        optimizer.update(net, grads)
         return loss
 
-    images, labels = synthetic_data(batch * steps)
+    images, labels = synthetic_data(max(16 * batch, 8192))
+    n = len(images) // batch
+    box = {"i": 0}
 
-    def run() -> None:
+    def run(steps: int) -> None:
         loss = None
-        for i in range(steps):  # host numpy batches, as in the example
+        for _ in range(steps):  # host numpy batches, as in the example
+            i = box["i"] % n
             x = images[i * batch:(i + 1) * batch].astype(np.float32) / 255.0
-            loss = train_step(model, optimizer, x, labels[i * batch:(i + 1) * batch])
+            loss = train_step(net, optimizer, x, labels[i * batch:(i + 1) * batch])
+            box["i"] += 1
         jax.block_until_ready(loss)
 
     return run
 
 
-def torch_eager_runner(batch: int, steps: int) -> Runner:
+def _torch(model: str, batch: int, bf16: bool) -> Runner:
     import torch
     from torch import nn
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, NUM_CLASSES),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if model == "lab":
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, NUM_CLASSES))
+    else:
+        layers, c = [], 1
+        for w in MODELS["bn"]["kwargs"]["widths"]:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+            c = w
+        net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(3 * 3 * c, 256, bias=False), nn.BatchNorm1d(256),
+                            nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, NUM_CLASSES))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    images, labels = synthetic_data(batch * steps)
+    images, labels = synthetic_data(max(16 * batch, 8192))
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # NCHW
     y_all = torch.from_numpy(labels).long()
+    n = len(images) // batch
+    box = {"i": 0}
 
-    def run() -> None:
-        model.train()
-        for i in range(steps):
+    def run(steps: int) -> None:
+        net.train()
+        for _ in range(steps):
+            i = box["i"] % n
+            x, y = x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_all[i * batch:(i + 1) * batch]), y_all[i * batch:(i + 1) * batch])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
+            box["i"] += 1
 
     return run
 
 
-RUNNERS: dict[str, Callable[[int, int], Runner]] = {
-    "cnn_jax": cnn_jax_runner,
-    "cnn_jax_microbatch32": cnn_jax_microbatch32_runner,
-    "cnn_jax_full_batch": cnn_jax_full_batch_runner,
-    "flax_example": flax_example_runner,
-    "torch_eager": torch_eager_runner,
+def torch_f32_runner(model: str, batch: int) -> Runner:
+    return _torch(model, batch, bf16=False)
+
+
+def torch_bf16_runner(model: str, batch: int) -> Runner:
+    return _torch(model, batch, bf16=True)
+
+
+RUNNERS: dict[str, Callable[[str, int], Runner]] = {
+    "jax_defaults": jax_defaults_runner, "jax_best": jax_best_runner, "jax_bf16": jax_bf16_runner,
+    "flax_example": flax_example_runner, "torch_f32": torch_f32_runner, "torch_bf16": torch_bf16_runner,
 }
 
 
+# ------------------------------------------------------------------------------------------- measuring
+def _steps_for(run: Runner, window: float) -> int:
+    """Warm up (compile), then the step count whose run takes about ``window`` seconds."""
+    run(1)
+    run(1)
+    k = 1
+    while True:
+        t = time.perf_counter()
+        run(k)
+        dt = time.perf_counter() - t
+        if dt >= min(0.25, window) or k >= 4096:
+            return max(1, math.ceil(k * window / max(dt, 1e-9)))
+        k *= 2
+
+
+def measure(model: str, batch: int, rounds: int, window: float, names: list[str]) -> dict[str, dict]:
+    """``{runner: {"images_per_s": median, "low": min, "high": max, "steps": per window, "windows": [...]}}``."""
+    runners, steps = {}, {}
+    for name in names:
+        try:
+            runners[name] = RUNNERS[name](model, batch)
+        except (ImportError, NotImplementedError) as e:
+            if not isinstance(e, NotImplementedError):
+                print(f"  skipping {name}: {e}")
+            continue
+        steps[name] = _steps_for(runners[name], window)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
+    for r in range(rounds):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            t = time.perf_counter()
+            runners[name](steps[name])
+            rates[name].append(batch * steps[name] / (time.perf_counter() - t))
+    return {name: {"images_per_s": statistics.median(v), "low": min(v), "high": max(v), "steps": steps[name],
+                   "windows": v} for name, v in rates.items()}
+
+
 def breakdown(batch: int, steps: int, windows: int) -> dict[str, float]:
-    """Where cnn_jax's step time goes: milliseconds per step of forward, forward + backward, and the full
-    scanned train step (+ optimizer update, on-device batch gather and scaling)."""
+    """Where cnn_jax's LabCNN step time goes: milliseconds per step of forward, forward + backward, and the full
+    train step in ``Trainer.train_chunk`` (+ optimizer update, on-device batch gather and scaling)."""
     from cnn_jax import get_model
 
     model = get_model("lab_cnn")
@@ -177,7 +261,7 @@ def breakdown(batch: int, steps: int, windows: int) -> dict[str, float]:
 
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": key}))
     fwd_bwd = jax.jit(jax.grad(loss))
-    full = _cnn_jax(batch, steps, microbatch=None)
+    full = _cnn_jax("lab", batch)
     parts = {"forward": lambda: fwd(variables, x), "forward+backward": lambda: fwd_bwd(variables, x, y)}
     out = {}
     for name, fn in parts.items():
@@ -190,11 +274,11 @@ def breakdown(batch: int, steps: int, windows: int) -> dict[str, float]:
             jax.block_until_ready(r)
             ts.append((time.perf_counter() - t) / steps)
         out[name] = 1e3 * statistics.median(ts)
-    full()
+    full(steps)
     ts = []
     for _ in range(windows):
         t = time.perf_counter()
-        full()
+        full(steps)
         ts.append((time.perf_counter() - t) / steps)
     out["full train step"] = 1e3 * statistics.median(ts)
     return out
@@ -212,7 +296,7 @@ def layer_profile(batch: int, steps: int, windows: int, microbatch: int = 16) ->
     keys = jax.random.split(jax.random.key(0), 8)
     n = max(batch * steps // microbatch, 1)
     rand = jax.random.normal
-    fwd = lab_cnn_forward_flops()
+    fwd = cnn_forward_flops()
     blocks = {  # name: (function of (params, x), params, one input slice's shape, forward FLOPs per image)
         "conv1 3x3x1x32 + relu + pool": (lambda p, x: conv_block(x, *p),
                                          (rand(keys[0], (3, 3, 1, 32)) * 0.3, jnp.zeros(32)), (H, W, 1),
@@ -250,82 +334,107 @@ def layer_profile(batch: int, steps: int, windows: int, microbatch: int = 16) ->
             jax.block_until_ready(run(params, xs, cts))
             ts.append(time.perf_counter() - t)
         ms = 1e3 * statistics.median(ts) * batch / (n * microbatch)
-        train_flops = (2 if first else 3) * fwd_flops
-        out[name] = {"ms": ms, "gflops": train_flops * batch / ms / 1e6}
+        flops = (2 if first else 3) * fwd_flops
+        out[name] = {"ms": ms, "gflops": flops * batch / ms / 1e6}
     return out
 
 
-def measure(batch: int, steps: int, windows: int, names: list[str]) -> dict[str, float]:
-    runners = {}
-    for name in names:
-        try:
-            runners[name] = RUNNERS[name](batch, steps)
-        except ImportError as e:
-            print(f"  skipping {name}: {e}")
-    for run in runners.values():  # compile and warm up
-        run()
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(windows):
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
-    return {name: batch * steps / statistics.median(ts) for name, ts in times.items()}
+def _cpu_flags() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join(f for f in wanted if f" {f}" in flags)
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--steps", type=int, default=20, help="batches per timed window")
-    p.add_argument("--windows", type=int, default=5, help="timed windows per runner (median reported)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--rounds", type=int, default=7, help="timed windows per runner, alternating (median reported)")
+    p.add_argument("--window", type=float, default=1.0, help="seconds per timed window (at least)")
     p.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
     p.add_argument("--json", default=None, help="write the results here (default: print only)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, one window: checks the script runs")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one short window: checks the script runs")
     p.add_argument("--no-breakdown", action="store_true", help="skip the step-time breakdown of cnn_jax")
     a = p.parse_args(argv)
     if a.smoke:
-        a.batch_sizes, a.steps, a.windows = [8], 2, 1
+        a.batch_sizes, a.rounds, a.window = [8], 1, 0.01
     gemm_n = 256 if a.smoke else 2048
-    peaks = [gemm_peak_gflops(gemm_n)]
-    flops = lab_cnn_train_flops()
-    measured = {}
-    for batch in a.batch_sizes:
-        measured[batch] = measure(batch, a.steps, a.windows, a.runners)
-        peaks.append(gemm_peak_gflops(gemm_n))  # again after each block: the peak is the best seen
-    peak = max(peaks)
+    dtypes = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+    peaks_seen = {k: [gemm_peak_gflops(gemm_n, dtype=d)] for k, d in dtypes.items()}
+    measured: dict[tuple[str, int], dict[str, dict]] = {}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for model in a.models:
+        for batch in a.batch_sizes:
+            print(f"measuring {model} at batch {batch} ...", flush=True)
+            measured[model, batch] = measure(model, batch, a.rounds, a.window, a.runners)
+            for k, d in dtypes.items():  # again after each block: the peak is the best seen
+                peaks_seen[k].append(gemm_peak_gflops(gemm_n, dtype=d))
+    peaks = {k: max(v) for k, v in peaks_seen.items()}
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-        "ld_preload": os.environ.get("LD_PRELOAD", ""), "gemm_peak_gflops": peak, "gemm_peaks_seen": peaks,
-        "train_mflop_per_image": flops / 1e6, "results": [],
+        "date": started, "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""), "rounds": a.rounds, "window_s": a.window,
+        "gemm_peak_gflops": peaks, "gemm_peaks_seen": peaks_seen,
+        "train_mflop_per_image": {m: train_flops(m) / 1e6 for m in a.models}, "results": [],
     }
-    print(f"backend={report['backend']} cpus={report['cpu_count']} GEMM peak={peak:.1f} GFLOP/s (best of "
-          f"{', '.join(f'{v:.0f}' for v in peaks)}) LabCNN={flops / 1e6:.1f} MFLOP/trained image")
-    print(f"{'batch':>5} {'runner':20} {'images/s':>10} {'vs torch':>9} {'GFLOP/s':>8} {'% peak':>7}")
-    for batch, ips in measured.items():
-        for name, v in ips.items():
-            ratio = v / ips["torch_eager"] if "torch_eager" in ips else None
-            gf = v * flops / 1e9
-            row = {"batch": batch, "runner": name, "images_per_s": v, "vs_torch": ratio, "gflops": gf,
-                   "share_of_peak": gf / peak}
+    print(f"{report['date']}  {report['cpu']} ({report['cpu_flags']}), {report['cpu_count']} cpus, "
+          f"backend {report['backend']}; GEMM peak f32 {peaks['f32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
+          f"(bf16 in, f32 accumulate; best of {len(peaks_seen['f32'])} readings each)")
+    header = ["model", "batch", "runner", "images/s (median)", "range", "vs PyTorch f32", "vs PyTorch bf16",
+              "GFLOP/s", "% of GEMM peak"]
+    rows = []
+    for (model, batch), res in measured.items():
+        torch_f32 = res.get("torch_f32", {}).get("images_per_s")
+        torch_bf16 = res.get("torch_bf16", {}).get("images_per_s")
+        for name, r in res.items():
+            v = r["images_per_s"]
+            gf = v * train_flops(model) / 1e9
+            peak = peaks["bf16" if "bf16" in name else "f32"]
+            row = {"model": model, "batch": batch, "runner": name, **{k: r[k] for k in ("images_per_s", "low", "high",
+                                                                                          "steps", "windows")},
+                   "vs_torch_f32": v / torch_f32 if torch_f32 else None,
+                   "vs_torch_bf16": v / torch_bf16 if torch_bf16 else None, "gflops": gf, "share_of_peak": gf / peak}
             report["results"].append(row)
-            vs = f"{ratio:8.2f}x" if ratio is not None else f"{'n/a':>9}"
-            print(f"{batch:5d} {name:20} {v:10.0f} {vs} {gf:8.1f} {100 * gf / peak:6.1f}%")
-    if not a.no_breakdown:
+            rows.append([model, str(batch), LABELS[name], f"{v:,.0f}", f"{r['low']:,.0f}-{r['high']:,.0f}",
+                         f"{row['vs_torch_f32']:.2f}x" if torch_f32 else "n/a",
+                         f"{row['vs_torch_bf16']:.2f}x" if torch_bf16 else "n/a", f"{gf:.0f}",
+                         f"{100 * gf / peak:.0f}% ({'bf16' if 'bf16' in name else 'f32'})"])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    if a.markdown:
+        print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    if not a.no_breakdown and "lab" in a.models:
         batch = a.batch_sizes[0]
-        parts = breakdown(batch, a.steps, a.windows)
+        steps, windows = (2, 1) if a.smoke else (20, 5)
+        parts = breakdown(batch, steps, windows)
         full = parts["full train step"]
-        print(f"cnn_jax step breakdown at batch {batch} (full batch, ms per step; share of the full step):")
+        print(f"\ncnn_jax LabCNN step breakdown at batch {batch} (full batch, ms per step; share of the full step):")
         prev = 0.0
         for name, ms in parts.items():
             print(f"  {name:18} {ms:7.2f} ms  (+{ms - prev:6.2f} ms, {100 * (ms - prev) / full:5.1f}%)")
             prev = ms
         report["breakdown_ms"] = parts
-        layers = layer_profile(batch, a.steps, a.windows)
+        layers = layer_profile(batch, steps, windows)
         print(f"cnn_jax blocks on their own, forward + backward per {batch} images (microbatch 16, in lax.scan):")
         for name, v in layers.items():
-            print(f"  {name:32} {v['ms']:7.2f} ms  {v['gflops']:6.1f} GFLOP/s ({100 * v['gflops'] / peak:3.0f}% peak)")
+            print(f"  {name:32} {v['ms']:7.2f} ms  {v['gflops']:6.1f} GFLOP/s "
+                  f"({100 * v['gflops'] / peaks['f32']:3.0f}% of the f32 peak)")
         report["layers"] = layers
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.ops import conv2d, max_pool
+from cnn_jax.ops import conv2d, dot_general, max_pool
 
 __all__ = ["Conv", "LabCNN", "BNCNN", "MODELS", "get_model", "register_model"]
 
@@ -63,9 +63,9 @@ class LabCNN(nn.Module):
             x = nn.relu(Conv(w, impl=self.impl)(x))
             x = max_pool(x, 2, impl=self.impl)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.dense)(x))
+        x = nn.relu(nn.Dense(self.dense, dot_general=dot_general)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dot_general=dot_general)(x)
 
 
 class BNCNN(nn.Module):
@@ -98,9 +98,9 @@ class BNCNN(nn.Module):
             x = max_pool(x, 2, impl=self.impl)
             x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(bn(nn.Dense(self.dense, use_bias=False, dtype=x.dtype)(x)))
+        x = nn.relu(bn(nn.Dense(self.dense, use_bias=False, dtype=x.dtype, dot_general=dot_general)(x)))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=x.dtype)(x)
+        return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN}

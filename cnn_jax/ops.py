@@ -9,11 +9,13 @@ Every function works on batched ``(N, H, W, C)`` or unbatched ``(H, W, C)`` inpu
   faster path, and it stays fast inside ``lax.scan`` where XLA-CPU's native conv does not (jax#12868).
 
 ``impl=None`` picks :func:`default_impl` for the default backend. Shapes are checked at trace time and
-bad arguments raise ``ValueError``/``TypeError`` naming the argument.
+bad arguments raise ``ValueError``/``TypeError`` naming the argument. Matmuls go through :func:`dot_general`:
+bfloat16/float16 operands accumulate in float32 (forward and backward), float32 is ``lax.dot_general``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,7 +28,7 @@ Impl = Literal["native", "im2col"]
 Padding = str | int | Sequence[tuple[int, int]]
 IMPLS: tuple[str, ...] = ("native", "im2col")
 
-__all__ = ["conv2d", "max_pool", "avg_pool", "default_impl", "conv_output_shape", "IMPLS"]
+__all__ = ["conv2d", "max_pool", "avg_pool", "dot_general", "default_impl", "conv_output_shape", "IMPLS"]
 
 
 def default_impl(backend: str | None = None) -> Impl:
@@ -143,6 +145,58 @@ def conv_output_shape(
     return (*lead, _out_size(h, pads[0], kh, s[0], d[0]), _out_size(w, pads[1], kw, s[1], d[1]), o)
 
 
+# ------------------------------------------------------------------------------------------- matmul
+_LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def _acc32(a: jax.Array, b: jax.Array, dims, precision) -> jax.Array:
+    """A low-precision dot with float32 accumulation, rounded to the operands' dtype once."""
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_lowp(a: jax.Array, b: jax.Array, precision) -> jax.Array:
+    return _acc32(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision)
+
+
+def _matmul_lowp_fwd(a, b, precision):
+    return _matmul_lowp(a, b, precision), (a, b)
+
+
+def _matmul_lowp_bwd(precision, res, g):
+    """Both gradients as low-precision dots with float32 accumulation too (autodiff would multiply the
+    float32 cotangent in float32)."""
+    a, b = res
+    g = g.astype(a.dtype)
+    da = _acc32(g, b, (((g.ndim - 1,), (1,)), ((), ())), precision)  # g @ b.T
+    lead = tuple(range(a.ndim - 1))
+    db = _acc32(a, g, ((lead, lead), ((), ())), precision)  # a.T @ g over all leading axes
+    return da, db
+
+
+_matmul_lowp.defvjp(_matmul_lowp_fwd, _matmul_lowp_bwd)
+
+
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision: lax.PrecisionLike = None,
+                preferred_element_type=None) -> jax.Array:
+    """``lax.dot_general``, except that bfloat16/float16 operands multiply with float32 accumulation, in the
+    forward and the backward pass, each result rounded to their dtype once (XLA:CPU's fast low-precision
+    path; bf16 -> bf16 dots take a slow one). Flax's ``dot_general`` signature (``nn.Dense(dot_general=...)``)."""
+    low = preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _LOW_PRECISION
+    if low and rhs.ndim == 2 and tuple(map(tuple, dimension_numbers[0])) == ((lhs.ndim - 1,), (0,)) \
+            and not any(dimension_numbers[1]):
+        return _matmul_lowp(lhs, rhs, precision)
+    if low:
+        return _acc32(lhs, rhs, dimension_numbers, precision)
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+
+
+def _matmul(a: jax.Array, b: jax.Array, precision: lax.PrecisionLike) -> jax.Array:
+    """``a (..., K) @ b (K, M)`` through :func:`dot_general`."""
+    return dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
 # ---------------------------------------------------------------------------------------- convolution
 def conv2d(
     x: jax.Array,
@@ -238,11 +292,11 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, precision) -> jax.Ar
         if any(v for pair in pads for v in pair):
             p = jnp.pad(p, ((0, 0), pads[0], pads[1], (0, 0)))
         p = p[:, :: stride[0], :: stride[1], :]
-        return jnp.dot(p, kernel.reshape(ki, o), precision=precision)
+        return _matmul(p, kernel.reshape(ki, o), precision)
     p = _patches(x, (kh, kw), stride, pads, dilation)  # (N, H', W', K, C)
     n, ho, wo, k, c = p.shape
     if groups == 1:
-        return jnp.dot(p.reshape(n, ho, wo, k * c), kernel.reshape(k * c, o), precision=precision)
+        return _matmul(p.reshape(n, ho, wo, k * c), kernel.reshape(k * c, o), precision)
     p = p.reshape(n, ho, wo, k, groups, ki)
     kg = kernel.reshape(k, ki, groups, o // groups)
     y = jnp.einsum("nhwkgc,kcgo->nhwgo", p, kg, precision=precision)
@@ -270,6 +324,37 @@ def _tiled(x: jax.Array, win, pads, fill) -> jax.Array | None:
     return x.reshape(n, ho, win[0], wo, win[1], c)
 
 
+def _first_max(t: jax.Array) -> jax.Array:
+    """Boolean ``t.shape``: True at the first maximum of each ``(KH, KW)`` tile of ``t`` in row-major order.
+
+    Found by a running strict comparison over the tile's positions, from ``t`` alone: a mask made by comparing
+    ``t`` with a separately computed max can come out all False where XLA evaluates the two in different
+    fusions (a last-bit difference), which silently drops that tile's gradient.
+    """
+    kh, kw = t.shape[2], t.shape[4]
+    best, where = t[:, :, 0, :, 0, :], jnp.zeros(t[:, :, 0, :, 0, :].shape, jnp.int32)
+    for p in range(1, kh * kw):
+        v = t[:, :, p // kw, :, p % kw, :]
+        better = v > best
+        best, where = jnp.where(better, v, best), jnp.where(better, p, where)
+    rows = [jnp.stack([where == i * kw + j for j in range(kw)], axis=3) for i in range(kh)]  # (N, H', W', KW, C)
+    return jnp.stack(rows, axis=2)  # (N, H', KH, W', KW, C)
+
+
+@jax.custom_jvp
+def _max_tiles(t: jax.Array) -> jax.Array:
+    """``(N, H', KH, W', KW, C) -> (N, H', W', C)``: the max of each tile. Its derivative follows the tile's
+    first maximum (XLA's and PyTorch's rule), where autodiff of ``max`` splits it over ties (a count and a
+    division more in the backward pass)."""
+    return t.max(axis=(2, 4))
+
+
+@_max_tiles.defjvp
+def _max_tiles_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    return t.max(axis=(2, 4)), jnp.sum(jnp.where(_first_max(t), dt, jnp.zeros_like(dt)), axis=(2, 4))
+
+
 def max_pool(
     x: jax.Array,
     window: int | Sequence[int] = 2,
@@ -285,7 +370,7 @@ def max_pool(
     impl = _check_impl(impl)
     fill = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     if impl == "im2col" and s == win:
-        y = _tiled(x, win, pads, fill).max(axis=(2, 4))
+        y = _max_tiles(_tiled(x, win, pads, fill))
     else:
         y = lax.reduce_window(
             x, np.array(fill, x.dtype), lax.max, (1, *win, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))

@@ -251,3 +251,72 @@ def test_bad_input_raises_clear_error(call, error, match):
 def test_bad_input_raises_at_trace_time_under_jit():
     with pytest.raises(ValueError, match="channel mismatch"):
         jax.jit(lambda x: conv2d(x, jnp.zeros((3, 3, 5, 4))))(X)
+
+
+# ------------------------------------------------------------------------------- low-precision matmuls
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_dot_accumulates_in_float32_forward_and_backward(dtype):
+    """bf16/f16 operands: the product and both gradients equal float32 arithmetic on the rounded operands,
+    rounded once at the end (the plain low-precision dot rounds along the way); float32 is lax.dot_general."""
+    from cnn_jax.ops import dot_general
+
+    ka, kb, kg = jax.random.split(jax.random.key(0), 3)
+    a = jax.random.normal(ka, (4, 6, 640)).astype(dtype)
+    b = jax.random.normal(kb, (640, 24)).astype(dtype)
+    g = jax.random.normal(kg, (4, 6, 24)).astype(dtype)
+    dims = (((2,), (0,)), ((), ()))
+    f32 = [x.astype(jnp.float32) for x in (a, b, g)]
+    ref_y = jnp.einsum("nhk,km->nhm", f32[0], f32[1], precision="highest")
+    ref_da = jnp.einsum("nhm,km->nhk", f32[2], f32[1], precision="highest")
+    ref_db = jnp.einsum("nhk,nhm->km", f32[0], f32[2], precision="highest")
+    y, vjp = jax.vjp(lambda a, b: dot_general(a, b, dims), a, b)
+    da, db = vjp(g)
+    assert y.dtype == da.dtype == db.dtype == dtype
+    eps = float(jnp.finfo(dtype).eps)
+    for got, ref in ((y, ref_y), (da, ref_da), (db, ref_db)):  # one rounding: within half an ulp (+ sum order)
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref), rtol=eps, atol=eps * 0.1)
+    # the general path (other dimension numbers) accumulates in float32 too
+    bt = b.T
+    y2 = dot_general(a, bt, (((2,), (1,)), ((), ())))
+    np.testing.assert_allclose(np.asarray(y2, np.float32), np.asarray(ref_y), rtol=eps, atol=eps * 0.1)
+    x32, w32 = jax.random.normal(ka, (5, 7)), jax.random.normal(kb, (7, 3))
+    plain = (((1,), (0,)), ((), ()))
+    np.testing.assert_array_equal(dot_general(x32, w32, plain), jax.lax.dot_general(x32, w32, plain))
+
+
+def test_bf16_im2col_conv_matches_float32_on_rounded_inputs():
+    kx, kk = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (2, 13, 13, 32)).astype(jnp.bfloat16)
+    k = (jax.random.normal(kk, (3, 3, 32, 64)) * 0.1).astype(jnp.bfloat16)
+    y = conv2d(x, k, impl="im2col")
+    ref = conv2d(x.astype(jnp.float32), k.astype(jnp.float32), impl="native", precision="highest")
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), rtol=2 ** -8, atol=1e-3)
+    gx, gk = jax.grad(lambda x, k: conv2d(x, k, impl="im2col").astype(jnp.float32).sum(), (0, 1))(x, k)
+    rx, rk = jax.grad(lambda x, k: conv2d(x, k, impl="native", precision="highest").sum(), (0, 1))(
+        x.astype(jnp.float32), k.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(gx, np.float32), np.asarray(rx), rtol=2 ** -7, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(gk, np.float32), np.asarray(rk), rtol=2 ** -7, atol=2e-1)
+
+
+# ---------------------------------------------------------------------------------- max-pool gradient
+def test_im2col_max_pool_gradient_follows_the_first_maximum_like_xla():
+    """Ties (repeated values, ReLU zeros): the im2col pool's gradient goes to each tile's first maximum in
+    row-major order, exactly as XLA's native pooling does; values equal; forward mode agrees. (Locating the
+    maximum by equality with a separately computed max broke the BN-CNN's 8-device match with one device:
+    ``tests/test_parallel.py::test_mesh_and_pmap_match_one_device[bn]`` fails with such a mask.)"""
+    x = jax.random.randint(jax.random.key(3), (2, 8, 10, 3), 0, 3).astype(jnp.float32)  # many ties
+    g = jax.random.normal(jax.random.key(4), (2, 4, 5, 3))
+    y, vjp = jax.vjp(lambda x: max_pool(x, 2, impl="im2col"), x)
+    y_native, vjp_native = jax.vjp(lambda x: max_pool(x, 2, impl="native"), x)
+    np.testing.assert_array_equal(y, y_native)
+    (dx,), (dx_native,) = vjp(g), vjp_native(g)
+    np.testing.assert_array_equal(dx, dx_native)
+    tiles = np.asarray(dx).reshape(2, 4, 2, 5, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+    assert ((tiles != 0).sum(1) <= 1).all()  # one element per tile takes the whole gradient
+    np.testing.assert_allclose(tiles.sum(1), np.asarray(g).transpose(0, 1, 2, 3).reshape(-1), rtol=1e-6)
+    t = jax.random.normal(jax.random.key(5), x.shape)
+    _, tangent = jax.jvp(lambda x: max_pool(x, 2, impl="im2col"), (x,), (t,))
+    _, tangent_native = jax.jvp(lambda x: max_pool(x, 2, impl="native"), (x,), (t,))
+    np.testing.assert_array_equal(tangent, tangent_native)
+
