@@ -8,7 +8,8 @@ Every row trains the whole step (forward, backward, Adam update) of one network 
 * ``lab``: LabCNN (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1);
 * ``bn``: the ``best`` preset's BN-CNN (widths 48/96/192, SAME convs, batch norm, dense 256, dropout 0.2).
 
-Runners: ``jax_defaults`` (``TrainConfig(batch_size=B, optimizer="adam")``: what a user gets without flags),
+Runners: ``jax_defaults`` (``TrainConfig(batch_size=B, optimizer="adam")``: what a user gets without flags;
+``microbatch="auto"``),
 ``jax_best`` (the fastest flags measured: ``microbatch`` 16 for LabCNN, 32 for the BN-CNN as in the preset),
 ``jax_bf16`` (``precision="bf16"``: bfloat16 compute, float32 master weights, with the best flags),
 ``flax_example`` (LabCNN in the Flax MNIST example's style: an ``nnx.jit`` step fed host numpy batches),
@@ -74,8 +75,9 @@ def _cnn_jax(model: str, batch: int, **train) -> Runner:
 
     spec = MODELS[model]
     images, labels = synthetic_data(max(16 * batch, 8192))
-    mb = train.get("microbatch")
-    train["microbatch"] = mb if mb and batch > mb and batch % mb == 0 else None
+    if "microbatch" in train:  # else TrainConfig's default, "auto"
+        mb = train["microbatch"]
+        train["microbatch"] = mb if mb and batch > mb and batch % mb == 0 else None
     cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, **train))
     trainer = Trainer(get_model(spec["name"], **spec["kwargs"]), cfg, len(images), (H, W, 1))
     data = trainer.put_data(images, labels)  # device-resident uint8; shuffle, gather, scale inside the step

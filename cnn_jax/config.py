@@ -26,6 +26,8 @@ PARALLELISMS = ("none", "sharded", "pmap")
 CHOICES = {"train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.precision": PRECISIONS,
            "run.parallelism": PARALLELISMS}
 RUNTIME = {"runtime": True}
+#: ``train.microbatch="auto"``: chosen when a run starts (:func:`cnn_jax.train.resolve_microbatch`).
+AUTO = "auto"
 
 #: Short flags that are not ``--<field-name>`` (every field also has ``--<section>.<field>``).
 _SHORT = {"model.name": "--model", "train.early_stopping_patience": "--early-stopping"}
@@ -122,8 +124,10 @@ class ModelConfig(_Section):
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     """Optimisation. ``batch_size`` is the global batch (split over devices). ``microbatch``: gradient
-    accumulation slice dividing the batch (None or 0: off; 16-32 is fastest on CPU; batch norm then sees
-    micro-batch statistics). ``precision``: ``bf16`` computes in bfloat16 with float32 master weights."""
+    accumulation slice dividing the batch (None or 0: off; batch norm then sees micro-batch statistics);
+    ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.train.resolve_microbatch`: on CPU
+    16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
+    keeps it. ``precision``: ``bf16`` computes in bfloat16 with float32 master weights."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -137,13 +141,14 @@ class TrainConfig(_Section):
     clip: float | None = None
     precision: str = "f32"
     seed: int = 0
-    microbatch: int | None = None
+    microbatch: int | str | None = AUTO
     early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         _check_choices("train", self)
         if self.microbatch == 0:
             object.__setattr__(self, "microbatch", None)
+        auto = self.microbatch == AUTO
         finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "weight_decay", "momentum")}
         _check("train", "epochs", self.epochs >= 1, "must be >= 1", self.epochs)
         _check("train", "batch_size", self.batch_size > 0, "must be > 0", self.batch_size)
@@ -157,8 +162,9 @@ class TrainConfig(_Section):
         _check("train", "early_stopping_patience", self.early_stopping_patience is None
                or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
-        _check("train", "microbatch", (self.microbatch or 1) > 0, "must be >= 0 (0: off)", self.microbatch)
-        if self.microbatch and self.batch_size > self.microbatch and self.batch_size % self.microbatch:
+        _check("train", "microbatch", auto or (isinstance(self.microbatch, int | None) and (self.microbatch or 1) > 0),
+               "must be auto or a number >= 0 (0: off)", self.microbatch)
+        if not auto and self.microbatch and self.batch_size > self.microbatch and self.batch_size % self.microbatch:
             raise ConfigError(f"--microbatch {self.microbatch} must divide --batch-size {self.batch_size}; pick "
                               "another --microbatch, or --microbatch 0 to turn it off")
 

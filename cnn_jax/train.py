@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from cnn_jax import parallel
 from cnn_jax.checkpoint import DiskFullError, IncompatibleCheckpointError, RunCheckpointer, StopSignal
-from cnn_jax.config import Config, differences
+from cnn_jax.config import AUTO, Config, differences
 from cnn_jax.files import RunLock, RunLockedError, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
@@ -74,6 +74,25 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
     return get_model(config.model.name, num_classes=num_classes, **config.model.kwargs())
 
 
+def resolve_microbatch(config: Config, model: nn.Module | None, input_shape: Sequence[int],
+                       saved: dict[str, Any] | None = None) -> Config:
+    """``train.microbatch="auto"`` made concrete: a resumed run's recorded choice (``saved``, its config dict);
+    else, on CPU, 16-image slices (32 for a model with batch norm, whose statistics then come from 32 images)
+    when they divide the global batch, as ``benchmarks/peers.py`` measured fastest there; off on other backends
+    and under ``pmap`` (whose slices would be per device). Other values are returned as they are."""
+    if config.train.microbatch != AUTO:
+        return config
+    if saved is not None:
+        value = saved.get("train", {}).get("microbatch")  # runs from before "auto" recorded None
+    else:
+        stats = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+        value = 32 if stats.get("batch_stats") else 16
+        b = config.train.batch_size
+        if jax.default_backend() != "cpu" or config.run.parallelism == "pmap" or b <= value or b % value:
+            value = None
+    return config.replace(train=config.train.replace(microbatch=value))
+
+
 class Trainer:
     """The compiled train/eval functions for one model and config (each traced once, for chunks of any length;
     counted in ``trace_counts``); state and data go in and out explicitly.
@@ -90,6 +109,7 @@ class Trainer:
     def __init__(self, model: nn.Module, config: Config, num_train: int, input_shape: Sequence[int],
                  preprocess: Preprocess | None = None, eval_preprocess: Preprocess | None = None,
                  devices: Sequence[jax.Device] | None = None):
+        config = resolve_microbatch(config, model, input_shape)
         cfg, run = config.train, config.run
         self.config, self.cfg, self.input_shape = config, cfg, tuple(input_shape)
         self.steps_per_epoch = num_train // cfg.batch_size
@@ -267,13 +287,16 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{run_dir} holds files that are not a cnn_jax run (e.g. {sorted(foreign)[0]}); "
                          "nothing was written there: pick another --run or --workdir")
     saved = saved_config(run_dir)
-    if saved is not None and (diffs := differences(saved, config)):
-        raise IncompatibleCheckpointError(run_dir, diffs)
+    if saved is not None:
+        config = resolve_microbatch(config, None, (), saved)  # "auto": the run's own choice
+        if diffs := differences(saved, config):
+            raise IncompatibleCheckpointError(run_dir, diffs)
 
     t_start = time.perf_counter()
     splits, preprocess, eval_preprocess = load_data(config)
     train, val, test = splits.train, splits.val, splits.test
     model = build_model(config, splits.num_classes)
+    config = resolve_microbatch(config, model, train.images.shape[1:])  # a new run: the rule, recorded below
     trainer = Trainer(model, config, len(train), train.images.shape[1:], preprocess, eval_preprocess)
     cfg, spe = config.train, trainer.steps_per_epoch
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),

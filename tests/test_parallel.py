@@ -22,7 +22,8 @@ from cnn_jax.train import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
 TRAIN, VAL = make_data(512, seed=0), make_data(100, seed=1)  # eval: 2 batches of 64, the last partial
-CFG = TrainConfig(epochs=1, batch_size=64, lr=3e-3, label_smoothing=0.1, clip=1.0)
+# micro-batches off: under pmap they would slice each device's batch (see the "auto" test below for the mesh)
+CFG = TrainConfig(epochs=1, batch_size=64, lr=3e-3, label_smoothing=0.1, clip=1.0, microbatch=None)
 MODELS = {
     "lab_dropout": (LabCNN(widths=(8, 16), dense=32, dropout=0.5), ("sharded",)),  # pmap: per-device dropout keys
     "lab": (LabCNN(widths=(8, 16), dense=32, dropout=0.0), ("sharded", "pmap")),
@@ -30,8 +31,8 @@ MODELS = {
 }
 
 
-def _run(model, parallelism: str, steps: int = 6):
-    trainer = Trainer(model, Config(train=CFG, run=RunConfig(parallelism=parallelism, eval_batch_size=64)),
+def _run(model, parallelism: str, steps: int = 6, cfg: TrainConfig = CFG):
+    trainer = Trainer(model, Config(train=cfg, run=RunConfig(parallelism=parallelism, eval_batch_size=64)),
                       len(TRAIN[0]), TRAIN[0].shape[1:])
     assert len(trainer.devices) == (1 if parallelism == "none" else 8)
     init = trainer.host_state(trainer.init_state())
@@ -54,6 +55,21 @@ def test_mesh_and_pmap_match_one_device(name):
         _, got = _run(model, strategy)
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=f"{strategy} {jax.tree_util.keystr(path)}")
+
+
+def test_auto_microbatch_on_the_mesh_matches_one_device():
+    """The default micro-batches (``"auto"``: 32-image slices of the global batch for a batch-norm model on CPU)
+    give the same training on a mesh of 8 devices as on one."""
+    model = MODELS["bn"][0]
+    auto = CFG.replace(microbatch="auto")
+    trainer = Trainer(model, Config(train=auto), len(TRAIN[0]), TRAIN[0].shape[1:])
+    assert trainer.cfg.microbatch == 32
+    _, ref = _run(model, "none", cfg=auto)
+    _, got = _run(model, "sharded", cfg=auto)
+    _, full = _run(model, "none")
+    assert not np.allclose(full["batch_stats"]["BatchNorm_0"]["mean"], ref["batch_stats"]["BatchNorm_0"]["mean"])
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
 
 # ------------------------------------------------------------------------------ the user's commands
