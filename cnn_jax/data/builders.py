@@ -17,10 +17,10 @@ transpose once here, so the prepared images are upright, and record ``{"cnn_jax_
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import os
 import socket
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -72,19 +72,27 @@ def download_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
 
 def unreachable(urls: tuple[str, ...], timeout: float = 5.0) -> str | None:
     """Why the hosts serving ``urls`` cannot be reached (name lookup included), within ``timeout`` seconds
-    per host; None when they can."""
+    per host; None when they can. The attempt runs in a daemon thread (a name lookup ignores socket timeouts),
+    so a lookup that hangs delays neither the answer nor the interpreter's exit."""
     for url in urls:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        pool = concurrent.futures.ThreadPoolExecutor(1)  # a name lookup ignores socket timeouts
-        try:
-            pool.submit(socket.create_connection, (parts.hostname, port), timeout).result(timeout).close()
-        except concurrent.futures.TimeoutError:
+        outcome: list[BaseException | None] = []
+
+        def attempt(host=parts.hostname, port=port, outcome=outcome) -> None:
+            try:
+                socket.create_connection((host, port), timeout).close()
+                outcome.append(None)
+            except OSError as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not outcome:
             return f"cannot reach {parts.hostname}:{port} within {timeout:.0f} s (no network?)"
-        except OSError as e:
-            return f"cannot reach {parts.hostname}:{port} ({e}; no network?)"
-        finally:
-            pool.shutdown(wait=False)
+        if outcome[0] is not None:
+            return f"cannot reach {parts.hostname}:{port} ({outcome[0]}; no network?)"
     return None
 
 
