@@ -27,7 +27,6 @@ forward FLOPs per trained image. Prints a table (also as Markdown with ``--markd
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -42,6 +41,8 @@ import numpy as np
 import optax
 from common import cnn_forward_flops, gemm_peak_gflops  # benchmarks/ (the script's folder)
 from jax import lax
+
+from cnn_jax.files import write_json
 
 H = W = 28
 NUM_CLASSES = 10
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({100 * v['gflops'] / peaks['f32']:3.0f}% of the f32 peak)")
         report["layers"] = layers
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        write_json(a.json, report)  # atomically
         print(f"wrote {a.json}")
     return report
 

@@ -1,58 +1,115 @@
-"""Wall seconds for the ``best`` Fashion-MNIST preset to reach 92%, 93% and 94% test accuracy.
+"""Wall seconds for the ``best`` Fashion-MNIST preset to reach 92%, 93% and 94% test accuracy, per setting and
+seed, side by side in one sitting.
 
-    python benchmarks/time_to_accuracy.py [--json out.json] [-- extra experiment flags, e.g. --epochs 20]
+    python benchmarks/time_to_accuracy.py [--settings f32 bf16] [--seeds 0 1 2] [--json out.json] \\
+        [-- extra experiment flags, e.g. --data-dir DIR]
 
-Trains with ``experiments/fashion_mnist.py --preset best --track-test`` (the test split is evaluated after every
-epoch for this measurement only; model selection still uses the validation split) into
-``checkpoints/fashion_mnist/best`` unless ``--workdir``/``--run`` say otherwise, so an interrupted measurement
-resumes. Wall time counts from the start of training (compilation and per-epoch evaluations included, data
-loading not). Prints one line per threshold and writes JSON.
+Each (seed, setting) trains ``experiments/fashion_mnist.py --preset best --track-test --seed S`` plus the
+setting's flags (:data:`SETTINGS`) into ``<workdir>/tta-<setting>-seed<S>`` (default workdir
+``checkpoints/fashion_mnist``), so an interrupted measurement resumes where it stopped. The settings alternate
+within each seed, their order rotated from seed to seed, so drift in the machine's speed spreads over both.
+The test split is evaluated after every epoch for this measurement only (model selection still uses the
+validation split). Wall time counts from the start of training (compilation and the per-epoch evaluations
+included, data loading not). Prints one line per run and threshold, then each setting's mean over the seeds
+and its ratio to the first setting; writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import jax
 
+from cnn_jax.files import write_json
+
 THRESHOLDS = (0.92, 0.93, 0.94)
+#: The flags each setting adds to ``--preset best``. ``f32`` is the preset as measured on 2026-11-24 (BN-CNN
+#: 48/96/192, 24 epochs, 32-image micro-batches, flip TTA, float32); ``bf16`` the same in bfloat16 compute.
+SETTINGS: dict[str, list[str]] = {
+    "f32": ["--precision", "f32", "--microbatch", "32"],
+    "bf16": ["--precision", "bf16", "--microbatch", "32"],
+}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", default=None, help="write the result here")
-    p.add_argument("--smoke", action="store_true", help="a tiny run (1,000 images, 2 epochs): checks the script runs")
-    p.add_argument("experiment_args", nargs="*", help="flags passed to the experiment (after --)")
-    a = p.parse_args(argv)
+def _one(seed: int, setting: str, extra: list[str]) -> dict:
     from cnn_jax.cli import main as run
 
-    extra = list(a.experiment_args)
-    if a.smoke:
-        extra = ["--epochs", "2", "--limit", "1000", "--val-size", "200", "--widths", "8", "16", "16", *extra]
-    t0 = time.strftime("%Y-%m-%d %H:%M")
-    results = run("fashion_mnist", ["--preset", "best", "--track-test", "--no-progress", *extra])
+    name = f"tta-{setting}-seed{seed}"
+    results = run("fashion_mnist", ["--preset", "best", "--track-test", "--no-progress", "--seed", str(seed),
+                                    "--run", name, *SETTINGS[setting], *extra])
     history = [json.loads(line) for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     if not all("test_accuracy" in h for h in history):
-        sys.exit("error: this run folder was trained without --track-test; pass --new-run to measure afresh")
+        sys.exit(f"error: {results['run_dir']} was trained without --track-test; move it away to measure afresh")
     reached = {}
     for t in THRESHOLDS:
         hit = next((h for h in history if h["test_accuracy"] >= t), None)
         reached[f"{t:.2f}"] = None if hit is None else {"seconds": hit["elapsed"], "epoch": hit["epoch"]}
-        print(f"test accuracy >= {t:.0%}: " + (f"{hit['elapsed']:.0f} s (epoch {hit['epoch']})" if hit else
-                                                  f"not reached in {len(history)} epochs"))
+        print(f"{setting} seed {seed}: test accuracy >= {t:.0%}: " + (
+            f"{hit['elapsed']:.0f} s (epoch {hit['epoch']})" if hit else f"not reached in {len(history)} epochs"))
+    print(f"{setting} seed {seed}: final test accuracy {results['test_accuracy']:.4f} after {len(history)} epochs, "
+          f"{history[-1]['elapsed']:.0f} s of training", flush=True)
+    return {"setting": setting, "seed": seed, "flags": SETTINGS[setting], "run_dir": results["run_dir"],
+            "reached": reached, "final_test_accuracy": results["test_accuracy"], "epochs": len(history),
+            "train_wall_seconds": history[-1]["elapsed"],
+            "per_epoch": [(h["epoch"], h["elapsed"], h["test_accuracy"]) for h in history]}
+
+
+def summarize(runs: list[dict], settings: list[str]) -> dict[str, dict]:
+    """Per setting: mean seconds to each threshold (None unless every seed reached it), mean final accuracy,
+    and the ratios of those times to the first setting's."""
+    out: dict[str, dict] = {}
+    for s in settings:
+        mine = [r for r in runs if r["setting"] == s]
+        times = {}
+        for t, _ in mine[0]["reached"].items():
+            hits = [r["reached"][t] for r in mine]
+            times[t] = None if any(h is None for h in hits) else statistics.mean(h["seconds"] for h in hits)
+        out[s] = {"seeds": [r["seed"] for r in mine], "mean_seconds": times,
+                  "mean_final_test_accuracy": statistics.mean(r["final_test_accuracy"] for r in mine),
+                  "final_test_accuracy": [r["final_test_accuracy"] for r in mine]}
+    base = out[settings[0]]["mean_seconds"]
+    for s in settings:
+        out[s]["time_ratio"] = {t: (None if v is None or base[t] is None else v / base[t])
+                                for t, v in out[s]["mean_seconds"].items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                   help="settings to compare; ratios are to the first (default: f32 bf16)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--smoke", action="store_true", help="tiny runs (1,000 images, 2 epochs): checks the script runs")
+    p.add_argument("experiment_args", nargs="*", help="flags passed to the experiment (after --)")
+    a = p.parse_args(argv)
+    extra = list(a.experiment_args)
+    if a.smoke:
+        extra = ["--epochs", "2", "--limit", "1000", "--val-size", "200", "--widths", "8", "16", "16", *extra]
+    t0 = time.strftime("%Y-%m-%d %H:%M")
+    runs = []
+    for i, seed in enumerate(a.seeds):
+        order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
+        runs += [_one(seed, s, extra) for s in order]
+    summary = summarize(runs, a.settings)
+    for s, v in summary.items():
+        times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if m is None else
+                                                    f"{m:.0f} s ({summary[s]['time_ratio'][t]:.2f}x)")
+                          for t, m in v["mean_seconds"].items())
+        accs = " ".join(f"{x:.4f}" for x in v["final_test_accuracy"])
+        print(f"{s}: mean over seeds {v['seeds']}: {times}; final test accuracy {v['mean_final_test_accuracy']:.4f} "
+              f"({accs})")
     report = {"date": t0, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "device_count": jax.device_count(), "run_dir": results["run_dir"], "reached": reached,
-              "final_test_accuracy": results["test_accuracy"], "epochs": len(history),
-              "train_wall_seconds": history[-1]["elapsed"],
-              "per_epoch": [(h["epoch"], h["elapsed"], h["test_accuracy"]) for h in history]}
-    print(f"final test accuracy {results['test_accuracy']:.4f} after {len(history)} epochs, "
-          f"{history[-1]['elapsed']:.0f} s of training")
+              "device_count": jax.device_count(), "extra_flags": extra, "settings": {s: SETTINGS[s] for s in
+                                                                                     a.settings},
+              "runs": runs, "summary": summary}
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        write_json(a.json, report)  # atomically
     return report
 
 

@@ -253,6 +253,10 @@ def conv2d(
 
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if impl == "im2col" and groups == 1 and dtype in _LOW_PRECISION:
+        bias = None if bias is None else bias.astype(dtype)
+        y = _conv_lowp(x, kernel, bias, s, pads, d, precision, x.shape)
+        return y[0] if unbatched else y
     if impl == "native":
         y = lax.conv_general_dilated(
             x, kernel, window_strides=s, padding=pads, rhs_dilation=d,
@@ -303,6 +307,53 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, precision) -> jax.Ar
     return y.reshape(n, ho, wo, o)
 
 
+def _patch_matrix(x, window, stride, pads, dilation) -> jax.Array:
+    """``(N, H', W', KH*KW*C)``: :func:`_patches` flattened to the matmul's rows."""
+    p = _patches(x, window, stride, pads, dilation)
+    return p.reshape(*p.shape[:3], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _conv_lowp(x, kernel, bias, stride, pads, dilation, precision, x_shape) -> jax.Array:
+    """A bfloat16/float16 im2col convolution (plus ``bias``, or None) accumulating in float32, rounded once,
+    forward and backward.
+
+    Autodiff of patches + matmul would round the matmul's input gradient and then each of the KH*KW partial
+    sums that fold it back onto the input (col2im), every one a convert pair that XLA:CPU emulates element by
+    element; and it would sum the bias gradient element by element in low precision. Here col2im runs in
+    float32 and the bias gradient is a matmul with a ones vector.
+    """
+    return _conv_lowp_fwd(x, kernel, bias, stride, pads, dilation, precision, x_shape)[0]
+
+
+def _conv_lowp_fwd(x, kernel, bias, stride, pads, dilation, precision, x_shape):
+    kh, kw, c, o = kernel.shape
+    p = _patch_matrix(x, (kh, kw), stride, pads, dilation)  # (N, H', W', KH*KW*C)
+    y = lax.dot_general(p, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())), precision=precision,
+                        preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (p, kernel, bias)
+
+
+def _conv_lowp_bwd(stride, pads, dilation, precision, x_shape, res, g):
+    p, kernel, bias = res
+    kh, kw, c, o = kernel.shape
+    g = g.astype(p.dtype)
+    dp = lax.dot_general(g, kernel.reshape(kh * kw * c, o), (((3,), (1,)), ((), ())), precision=precision,
+                         preferred_element_type=jnp.float32)  # (N, H', W', KH*KW*C), not rounded
+    col2im = jax.linear_transpose(lambda v: _patch_matrix(v, (kh, kw), stride, pads, dilation),
+                                  jax.ShapeDtypeStruct(x_shape, jnp.float32))
+    (dx,) = col2im(dp)
+    dk = _acc32(p, g, (((0, 1, 2), (0, 1, 2)), ((), ())), precision).reshape(kernel.shape)
+    db = None if bias is None else _acc32(jnp.ones(g.shape[:3], g.dtype), g, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                          precision)
+    return dx.astype(p.dtype), dk, db
+
+
+_conv_lowp.defvjp(_conv_lowp_fwd, _conv_lowp_bwd)
+
+
 # -------------------------------------------------------------------------------------------- pooling
 def _pool_args(fn: str, x, window, stride, padding):
     x, unbatched = _as_nhwc(x, fn)
@@ -332,6 +383,8 @@ def _first_max(t: jax.Array) -> jax.Array:
     fusions (a last-bit difference), which silently drops that tile's gradient.
     """
     kh, kw = t.shape[2], t.shape[4]
+    if t.dtype in _LOW_PRECISION:  # exact; spares XLA:CPU a convert pair around every low-precision select
+        t = t.astype(jnp.float32)
     best, where = t[:, :, 0, :, 0, :], jnp.zeros(t[:, :, 0, :, 0, :].shape, jnp.int32)
     for p in range(1, kh * kw):
         v = t[:, :, p // kw, :, p % kw, :]

@@ -37,13 +37,27 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
 
 
 def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):
+    """Two settings x two seeds, each in its own run folder, the order rotated per seed; the summary's
+    means and ratios come from the runs' own per-epoch records."""
     out = tmp_path / "tta.json"
     report = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["main"](
-        ["--smoke", "--json", str(out), "--", "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)])
-    assert set(report["reached"]) == {"0.92", "0.93", "0.94"}
-    assert [e for e, _, _ in report["per_epoch"]] == [1, 2]
-    elapsed = [t for _, t, _ in report["per_epoch"]]
-    assert 0 < elapsed[0] < elapsed[1] == report["train_wall_seconds"]
-    results = __import__("json").loads((tmp_path / "best" / "results.json").read_text())
-    assert report["per_epoch"][-1][2] == results["test_accuracy"]  # per-epoch test eval == final eval
-    assert "test accuracy >= 92%" in capsys.readouterr().out and out.is_file()
+        ["--smoke", "--seeds", "0", "1", "--json", str(out), "--", "--data-dir", str(fashion_tfds_dir),
+         "--workdir", str(tmp_path)])
+    assert [(r["seed"], r["setting"]) for r in report["runs"]] == [(0, "f32"), (0, "bf16"), (1, "bf16"), (1, "f32")]
+    for r in report["runs"]:
+        assert set(r["reached"]) == {"0.92", "0.93", "0.94"}
+        assert [e for e, _, _ in r["per_epoch"]] == [1, 2]
+        elapsed = [t for _, t, _ in r["per_epoch"]]
+        assert 0 < elapsed[0] < elapsed[1] == r["train_wall_seconds"]
+        run_dir = tmp_path / f"tta-{r['setting']}-seed{r['seed']}"
+        results = __import__("json").loads((run_dir / "results.json").read_text())
+        assert r["per_epoch"][-1][2] == results["test_accuracy"]  # per-epoch test eval == final eval
+        assert __import__("json").loads((run_dir / "config.json").read_text())["train"]["precision"] == r["setting"]
+    summary = report["summary"]
+    for s in ("f32", "bf16"):
+        accs = [r["final_test_accuracy"] for r in report["runs"] if r["setting"] == s]
+        assert summary[s]["mean_final_test_accuracy"] == sum(accs) / 2
+    assert all(v in (None, 1.0) for v in summary["f32"]["time_ratio"].values())
+    printed = capsys.readouterr().out
+    assert "f32 seed 0: test accuracy >= 92%" in printed and "bf16: mean over seeds [0, 1]" in printed
+    assert __import__("json").loads(out.read_text())["summary"] == summary

@@ -299,14 +299,50 @@ def test_bf16_im2col_conv_matches_float32_on_rounded_inputs():
     np.testing.assert_allclose(np.asarray(gk, np.float32), np.asarray(rk), rtol=2 ** -7, atol=2e-1)
 
 
+@pytest.mark.parametrize("kw", [{}, {"padding": "SAME"}, {"stride": 2, "padding": 1, "dilation": (1, 2)}])
+def test_bf16_conv_gradients_are_rounded_once(kw):
+    """The bf16 im2col conv's custom VJP: value, input, kernel and bias gradients equal float32 arithmetic on
+    the rounded operands, rounded once (summation order aside: within one ulp); autodiff of the plain
+    patches-and-matmul (what it replaced) rounds each of the nine taps' partial sums and misses that."""
+    from cnn_jax import ops
+
+    kx, kk, kb, kg = jax.random.split(jax.random.key(2), 4)
+    x = jax.random.normal(kx, (3, 14, 15, 24)).astype(jnp.bfloat16)
+    k = (jax.random.normal(kk, (3, 3, 24, 40)) * 0.1).astype(jnp.bfloat16)
+    b = jax.random.normal(kb, (40,)).astype(jnp.bfloat16)
+    g = jax.random.normal(kg, ops.conv_output_shape(x.shape, k.shape, **kw)).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(lambda x, k, b: conv2d(x, k, b, impl="im2col", **kw), x, k, b)
+    got = (y, *vjp(g))
+    f32 = [v.astype(jnp.float32) for v in (x, k, b, g)]
+    ref_y, ref_vjp = jax.vjp(lambda x, k, b: conv2d(x, k, b, impl="native", precision="highest", **kw), *f32[:3])
+    ref = (ref_y, *ref_vjp(f32[3]))
+    assert all(v.dtype == jnp.bfloat16 for v in got)
+    eps = 2.0 ** -7  # bfloat16: one ulp relative
+    for name, a, r in zip(("y", "dx", "dk", "db"), got, ref, strict=True):
+        a, r = np.asarray(a, np.float32), np.asarray(r, np.float32)
+        np.testing.assert_array_less(np.abs(a - r), eps * np.abs(r) + 1e-6, err_msg=name)
+
+    s, d = ops._pair(kw.get("stride", 1), "s"), ops._pair(kw.get("dilation", 1), "d")
+    pads = ops._resolve_padding(kw.get("padding", "VALID"), x.shape[1:3], k.shape[:2], s, d)
+
+    def plain(x, k):
+        p = ops._patch_matrix(x, k.shape[:2], s, pads, d)
+        return ops._matmul(p, k.reshape(-1, k.shape[-1]), None)
+
+    (plain_dx, _) = jax.vjp(plain, x, k)[1](g)
+    err = np.abs(np.asarray(plain_dx, np.float32) - np.asarray(ref[1]))
+    assert (err > eps * np.abs(np.asarray(ref[1])) + 1e-6).any()  # the test would catch the plain rule
+
+
 # ---------------------------------------------------------------------------------- max-pool gradient
-def test_im2col_max_pool_gradient_follows_the_first_maximum_like_xla():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_im2col_max_pool_gradient_follows_the_first_maximum_like_xla(dtype):
     """Ties (repeated values, ReLU zeros): the im2col pool's gradient goes to each tile's first maximum in
     row-major order, exactly as XLA's native pooling does; values equal; forward mode agrees. (Locating the
     maximum by equality with a separately computed max broke the BN-CNN's 8-device match with one device:
     ``tests/test_parallel.py::test_mesh_and_pmap_match_one_device[bn]`` fails with such a mask.)"""
-    x = jax.random.randint(jax.random.key(3), (2, 8, 10, 3), 0, 3).astype(jnp.float32)  # many ties
-    g = jax.random.normal(jax.random.key(4), (2, 4, 5, 3))
+    x = jax.random.randint(jax.random.key(3), (2, 8, 10, 3), 0, 3).astype(dtype)  # many ties
+    g = jax.random.normal(jax.random.key(4), (2, 4, 5, 3)).astype(dtype)
     y, vjp = jax.vjp(lambda x: max_pool(x, 2, impl="im2col"), x)
     y_native, vjp_native = jax.vjp(lambda x: max_pool(x, 2, impl="native"), x)
     np.testing.assert_array_equal(y, y_native)
@@ -314,8 +350,8 @@ def test_im2col_max_pool_gradient_follows_the_first_maximum_like_xla():
     np.testing.assert_array_equal(dx, dx_native)
     tiles = np.asarray(dx).reshape(2, 4, 2, 5, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
     assert ((tiles != 0).sum(1) <= 1).all()  # one element per tile takes the whole gradient
-    np.testing.assert_allclose(tiles.sum(1), np.asarray(g).transpose(0, 1, 2, 3).reshape(-1), rtol=1e-6)
-    t = jax.random.normal(jax.random.key(5), x.shape)
+    np.testing.assert_array_equal(tiles.sum(1), np.asarray(g).reshape(-1))
+    t = jax.random.normal(jax.random.key(5), x.shape).astype(dtype)
     _, tangent = jax.jvp(lambda x: max_pool(x, 2, impl="im2col"), (x,), (t,))
     _, tangent_native = jax.jvp(lambda x: max_pool(x, 2, impl="native"), (x,), (t,))
     np.testing.assert_array_equal(tangent, tangent_native)
