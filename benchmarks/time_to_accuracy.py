@@ -92,10 +92,16 @@ def main(argv: list[str] | None = None) -> dict:
     if a.smoke:
         extra = ["--epochs", "2", "--limit", "1000", "--val-size", "200", "--widths", "8", "16", "16", *extra]
     t0 = time.strftime("%Y-%m-%d %H:%M")
-    runs = []
+    report = {"date": t0, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+              "device_count": jax.device_count(), "extra_flags": extra,
+              "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
     for i, seed in enumerate(a.seeds):
         order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
-        runs += [_one(seed, s, extra) for s in order]
+        for s in order:
+            report["runs"].append(_one(seed, s, extra))
+            if a.json:  # after every run: a measurement cut short keeps what it measured
+                write_json(a.json, report)
+    runs = report["runs"]
     summary = summarize(runs, a.settings)
     for s, v in summary.items():
         times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if m is None else
@@ -104,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         accs = " ".join(f"{x:.4f}" for x in v["final_test_accuracy"])
         print(f"{s}: mean over seeds {v['seeds']}: {times}; final test accuracy {v['mean_final_test_accuracy']:.4f} "
               f"({accs})")
-    report = {"date": t0, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "device_count": jax.device_count(), "extra_flags": extra, "settings": {s: SETTINGS[s] for s in
-                                                                                     a.settings},
-              "runs": runs, "summary": summary}
+    report["summary"] = summary
     if a.json:
         write_json(a.json, report)  # atomically
     return report
