@@ -3,6 +3,7 @@ seed, side by side in one sitting.
 
     python benchmarks/time_to_accuracy.py [--settings f32 bf16] [--seeds 0 1 2] [--json out.json] \\
         [-- extra experiment flags, e.g. --data-dir DIR]
+    python benchmarks/time_to_accuracy.py --merge a.json b.json [--json out.json]
 
 Each (seed, setting) trains ``experiments/fashion_mnist.py --preset best --track-test --seed S`` plus the
 setting's flags (:data:`SETTINGS`) into ``<workdir>/tta-<setting>-seed<S>`` (default workdir
@@ -11,7 +12,9 @@ within each seed, their order rotated from seed to seed, so drift in the machine
 The test split is evaluated after every epoch for this measurement only (model selection still uses the
 validation split). Wall time counts from the start of training (compilation and the per-epoch evaluations
 included, data loading not). Prints one line per run and threshold, then each setting's mean over the seeds
-and its ratio to the first setting; writes JSON.
+and its ratio to the first setting, and each seed's ratio (its settings ran side by side) with their mean;
+writes JSON. ``--merge`` summarizes the runs of earlier JSON files together (e.g. seeds measured in different
+sittings, where only the per-seed ratios compare like with like) without training.
 """
 
 from __future__ import annotations
@@ -73,10 +76,20 @@ def summarize(runs: list[dict], settings: list[str]) -> dict[str, dict]:
                   "mean_final_test_accuracy": statistics.mean(r["final_test_accuracy"] for r in mine),
                   "final_test_accuracy": [r["final_test_accuracy"] for r in mine]}
     base = out[settings[0]]["mean_seconds"]
+    first = {r["seed"]: r for r in runs if r["setting"] == settings[0]}
     for s in settings:
         out[s]["time_ratio"] = {t: (None if v is None or base[t] is None else v / base[t])
                                 for t, v in out[s]["mean_seconds"].items()}
+        per_seed = {t: [_ratio(r["reached"][t], first[r["seed"]]["reached"][t]) if r["seed"] in first else None
+                        for r in runs if r["setting"] == s] for t in out[s]["mean_seconds"]}
+        out[s]["seed_time_ratio"] = per_seed
+        out[s]["mean_seed_time_ratio"] = {t: None if not v or None in v else statistics.mean(v)
+                                          for t, v in per_seed.items()}
     return out
+
+
+def _ratio(hit: dict | None, base: dict | None) -> float | None:
+    return None if hit is None or base is None else hit["seconds"] / base["seconds"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--smoke", action="store_true", help="tiny runs (1,000 images, 2 epochs): checks the script runs")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="summarize the runs of these earlier outputs together instead of training")
     p.add_argument("experiment_args", nargs="*", help="flags passed to the experiment (after --)")
     a = p.parse_args(argv)
     extra = list(a.experiment_args)
@@ -95,6 +110,16 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"date": t0, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
               "device_count": jax.device_count(), "extra_flags": extra,
               "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        report = {"merged": [{"file": f, "date": p["date"], "device": p["device"]}
+                             for f, p in zip(a.merge, parts, strict=True)],
+                  "settings": {s: SETTINGS[s] for s in a.settings}, "runs": [r for p in parts for r in p["runs"]]}
+        keys = [(r["setting"], r["seed"]) for r in report["runs"]]
+        if len(set(keys)) < len(keys):
+            sys.exit(f"error: the merged files repeat a (setting, seed) pair ({sorted(keys)}); merge files that "
+                     "measured different seeds")
+        a.seeds = []  # nothing to train
     for i, seed in enumerate(a.seeds):
         order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
         for s in order:
@@ -102,14 +127,19 @@ def main(argv: list[str] | None = None) -> dict:
             if a.json:  # after every run: a measurement cut short keeps what it measured
                 write_json(a.json, report)
     runs = report["runs"]
-    summary = summarize(runs, a.settings)
+    settings = [s for s in a.settings if any(r["setting"] == s for r in runs)]
+    summary = summarize(runs, settings)
     for s, v in summary.items():
         times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if m is None else
                                                     f"{m:.0f} s ({summary[s]['time_ratio'][t]:.2f}x)")
                           for t, m in v["mean_seconds"].items())
         accs = " ".join(f"{x:.4f}" for x in v["final_test_accuracy"])
+        seed_ratios = "; ".join(
+            f">= {float(t):.0%}: " + " ".join("-" if x is None else f"{x:.2f}x" for x in r) +
+            ("" if v["mean_seed_time_ratio"][t] is None else f" (mean {v['mean_seed_time_ratio'][t]:.2f}x)")
+            for t, r in v["seed_time_ratio"].items())
         print(f"{s}: mean over seeds {v['seeds']}: {times}; final test accuracy {v['mean_final_test_accuracy']:.4f} "
-              f"({accs})")
+              f"({accs}); per seed, to {settings[0]} in the same sitting: {seed_ratios}")
     report["summary"] = summary
     if a.json:
         write_json(a.json, report)  # atomically

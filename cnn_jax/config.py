@@ -127,7 +127,7 @@ class TrainConfig(_Section):
     accumulation slice dividing the batch (None or 0: off; batch norm then sees micro-batch statistics);
     ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.train.resolve_microbatch`: on CPU
     16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
-    keeps it. ``precision``: ``bf16`` computes in bfloat16 with float32 master weights."""
+    keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights."""
 
     optimizer: str = "adam"
     lr: float = 1e-3

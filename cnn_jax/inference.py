@@ -22,7 +22,7 @@ import numpy as np
 
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
 from cnn_jax.config import Config
-from cnn_jax.steps import tta_logits
+from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
 from cnn_jax.train import CKPT_SUBDIR, build_model
 from cnn_jax.train_state import model_variables
 
@@ -67,9 +67,10 @@ class LoadedModel:
 
     def logits(self, images, batch_size: int = 1000) -> np.ndarray:
         """Logits ``(N, num_classes)`` (or ``(num_classes,)`` for a single image), averaged over the run's
-        test-time augmentation views (``config.data.tta``) as in its evaluation."""
+        test-time augmentation views (``config.data.tta``) and in its precision (``config.train.precision``), as
+        in its evaluation."""
         x, single = self._prepare(images)
-        fn = _apply_fn(self.model, self.config.data.tta)
+        fn = _apply_fn(self.model, self.config.data.tta, self.config.train.precision)
         out = np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
                               for i in range(0, len(x), batch_size)]) if len(x) else \
             np.zeros((0, self.meta["dataset"]["num_classes"]), np.float32)
@@ -80,13 +81,14 @@ class LoadedModel:
         return np.argmax(self.logits(images, batch_size), axis=-1)
 
 
-_APPLY_CACHE: dict[tuple[int, tuple[str, ...]], Any] = {}
+_APPLY_CACHE: dict[tuple[int, tuple[str, ...], str], Any] = {}
 
 
-def _apply_fn(model: nn.Module, tta: tuple[str, ...] = ()):
-    key = (id(model), tta)
+def _apply_fn(model: nn.Module, tta: tuple[str, ...] = (), precision: str = "f32"):
+    key = (id(model), tta, precision)
     if key not in _APPLY_CACHE:
-        _APPLY_CACHE[key] = jax.jit(lambda v, x: tta_logits(lambda y: model.apply(v, y, train=False), x, tta))
+        _APPLY_CACHE[key] = jax.jit(lambda v, x: eval_logits(model, v["params"], v.get("batch_stats", {}), x, tta,
+                                                             COMPUTE_DTYPES[precision]))
     return _APPLY_CACHE[key]
 
 

@@ -20,7 +20,7 @@ from jax import lax
 from cnn_jax.train_state import TrainState, model_variables
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
-           "tta_logits"]
+           "tta_logits", "COMPUTE_DTYPES", "cast_params", "eval_logits"]
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -42,6 +42,24 @@ def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Seque
     for t in tta:
         out = out + apply(TTA_VIEWS[t](x)).astype(jnp.float32)
     return out / (1 + len(tta))
+
+
+#: ``train.precision`` -> the dtype activations and (cast copies of the) params are computed in. Master weights,
+#: optimizer state, batch-norm statistics, losses and logits averaged over views stay float32.
+COMPUTE_DTYPES: dict[str, Any] = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def cast_params(params: Any, dtype: Any) -> Any:
+    """``params`` cast to the compute ``dtype`` (unchanged for float32)."""
+    return params if dtype == jnp.float32 else jax.tree.map(lambda a: a.astype(dtype), params)
+
+
+def eval_logits(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, tta: Sequence[str] = (),
+                compute_dtype: Any = jnp.float32) -> jax.Array:
+    """Inference-mode float32 logits ``(B, num_classes)`` for float NHWC ``x``, computed in ``compute_dtype``
+    as in training (:func:`cast_params`; batch statistics stay float32) and averaged over ``tta`` views."""
+    p = cast_params(params, compute_dtype)
+    return tta_logits(lambda v: _apply(model, p, batch_stats, v, False)[0], x.astype(compute_dtype), tta)
 
 
 def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -79,10 +97,9 @@ def train_step(
     _, pre_key, drop_key = step_keys(state)
     if axis_name is not None:  # pmap: independent augmentation/dropout per device
         pre_key, drop_key = (jax.random.fold_in(k, lax.axis_index(axis_name)) for k in (pre_key, drop_key))
-    cast = compute_dtype != jnp.float32
 
     def loss_fn(params, batch_stats, x_u8, y, key):
-        p = jax.tree.map(lambda a: a.astype(compute_dtype), params) if cast else params
+        p = cast_params(params, compute_dtype)
         pkey, dkey = (pre_key, drop_key) if key is None else \
             (jax.random.fold_in(pre_key, key), jax.random.fold_in(drop_key, key))
         x = preprocess(pkey, x_u8)
@@ -169,10 +186,11 @@ def train_chunk(
 def evaluate(
     state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module, batch: int,
     preprocess: Preprocess = default_preprocess, batch_sharding: Any = None, tta: Sequence[str] = (),
+    compute_dtype: Any = jnp.float32,
 ) -> dict[str, jax.Array]:
     """Mean cross-entropy, accuracy and confusion matrix ``(C, C)`` (rows: true, cols: predicted) on all
-    ``N`` examples; the last partial batch is padded (index clamped) and masked out. ``tta``: views whose
-    logits are averaged with the image's (:func:`tta_logits`)."""
+    ``N`` examples; the last partial batch is padded (index clamped) and masked out. Logits from
+    :func:`eval_logits` (``tta`` views, ``compute_dtype``)."""
     n = images.shape[0]
     num_batches = -(-n // batch)
     key = jax.random.PRNGKey(0)
@@ -188,8 +206,7 @@ def evaluate(
         x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
         if batch_sharding is not None:
             x, y, mask = lax.with_sharding_constraint((x, y, mask), batch_sharding)
-        logits = tta_logits(lambda v: _apply(model, state.params, state.batch_stats, v, False)[0],
-                            preprocess(key, x), tta)
+        logits = eval_logits(model, state.params, state.batch_stats, preprocess(key, x), tta, compute_dtype)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         pred = jnp.argmax(logits, -1)
         m = mask.astype(jnp.float32)

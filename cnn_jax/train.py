@@ -38,8 +38,8 @@ from cnn_jax.checkpoint import DiskFullError, IncompatibleCheckpointError, RunCh
 from cnn_jax.config import AUTO, Config, differences
 from cnn_jax.files import RunLock, RunLockedError, write_json, write_text
 from cnn_jax.models import get_model
-from cnn_jax.steps import Preprocess, default_preprocess, evaluate, train_chunk, train_step
-from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, make_schedule, model_variables
+from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
+from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, make_schedule
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
            "saved_config", "has_checkpoints", "CKPT_SUBDIR", "CONFIG_FILE"]
@@ -171,7 +171,7 @@ class Trainer:
             model = model.clone(bn_axis_name=axis)  # batch statistics over all devices, as on the mesh
         step_fn = functools.partial(
             train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
-            compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32, axis_name=axis,
+            compute_dtype=COMPUTE_DTYPES[cfg.precision], axis_name=axis,
             microbatch=cfg.microbatch)
         kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
         if self.pmap:
@@ -190,7 +190,8 @@ class Trainer:
 
     def _build_eval(self):
         kw = dict(model=self.model, batch=self.config.run.eval_batch_size, preprocess=self.eval_preprocess,
-                  batch_sharding=parallel.data_sharded(self.mesh), tta=self.config.data.tta)
+                  batch_sharding=parallel.data_sharded(self.mesh), tta=self.config.data.tta,
+                  compute_dtype=COMPUTE_DTYPES[self.cfg.precision])
 
         def fn(state, images, labels):
             self.trace_counts["evaluate"] += 1
@@ -503,16 +504,15 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
     """Test metrics, ``results.json`` and figures (process 0) for a finished run."""
     from cnn_jax import plots
     from cnn_jax.data import normalize
-    from cnn_jax.steps import tta_logits
+    from cnn_jax.steps import eval_logits
 
     ev = trainer.evaluate(state, trainer.put_data(test.images, test.labels, for_eval=True))
     last = history[-1] if history else {}
     confusion = np.asarray(ev["confusion"])
     per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
     host = trainer.host_state(state)
-    variables = model_variables(host.params, host.batch_stats)
-    logits = tta_logits(lambda x: trainer.model.apply(variables, x, train=False),
-                        normalize(test.images[:64], config.data.dataset), config.data.tta)
+    logits = eval_logits(trainer.model, host.params, host.batch_stats, normalize(test.images[:64], config.data.dataset),
+                         config.data.tta, COMPUTE_DTYPES[config.train.precision])
     with_val = [h for h in history if h.get("val_accuracy") is not None]
     best = max(with_val, key=lambda h: h["val_accuracy"]) if with_val else None
     timed = [h["images_per_s"] for h in history if h.get("images_per_s")]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +64,30 @@ def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "f32 seed 0: test accuracy >= 92%" in printed and "bf16: mean over seeds [0, 1]" in printed
     assert __import__("json").loads(out.read_text())["summary"] == summary
+
+
+def _tta_run(setting: str, seed: int, seconds: float | None, acc: float) -> dict:
+    hit = None if seconds is None else {"seconds": seconds, "epoch": 20}
+    return {"setting": setting, "seed": seed, "reached": {"0.92": {"seconds": seconds or 500.0, "epoch": 9},
+                                                         "0.93": hit, "0.94": hit}, "final_test_accuracy": acc}
+
+
+def test_time_to_accuracy_merges_sittings(tmp_path, capsys):
+    """--merge: the runs of several outputs summarized together; each seed's ratio is to its own sitting's first
+    setting; a (setting, seed) measured twice is refused."""
+    main = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["main"]
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    head = {"date": "2026-11-25 21:57", "device": "cpu"}
+    a.write_text(json.dumps({**head, "runs": [_tta_run("f32", 0, 1000.0, 0.94), _tta_run("bf16", 0, 800.0, 0.95)]}))
+    b.write_text(json.dumps({**head, "runs": [_tta_run("f32", 1, 2000.0, 0.93), _tta_run("bf16", 1, 1000.0, 0.94)]}))
+    report = main(["--merge", str(a), str(b), "--json", str(tmp_path / "out.json")])
+    bf16 = report["summary"]["bf16"]
+    assert bf16["seeds"] == [0, 1] and bf16["seed_time_ratio"]["0.94"] == [0.8, 0.5]
+    assert bf16["mean_seed_time_ratio"]["0.94"] == pytest.approx(0.65)
+    assert bf16["time_ratio"]["0.94"] == pytest.approx(900 / 1500)  # ratio of the means, for comparison
+    assert bf16["mean_final_test_accuracy"] == pytest.approx(0.945)
+    assert "0.80x 0.50x (mean 0.65x)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["bf16"]["seed_time_ratio"]["0.94"] == [0.8, 0.5]
+    c.write_text(json.dumps({**head, "runs": [_tta_run("f32", 0, None, 0.93)]}))
+    with pytest.raises(SystemExit, match="repeat a"):
+        main(["--merge", str(a), str(c)])

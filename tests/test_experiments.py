@@ -53,9 +53,11 @@ def test_fashion_mnist_lab_end_to_end(fashion_tfds_dir, tmp_path, capsys):
     assert 0.5 < results["test_accuracy"] <= 1.0  # 1,000 images x 2 epochs: well above chance (0.1)
 
 
-def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision):
     cmd = [sys.executable, str(ROOT / "experiments" / "fashion_mnist.py"), "--preset", "best", *TINY,
-           "--widths", "8", "16", "16", "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)]
+           "--widths", "8", "16", "16", "--precision", precision, "--data-dir", str(fashion_tfds_dir),
+           "--workdir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT),
                                                                                "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -64,7 +66,11 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
     assert config["model"]["name"] == "bn_cnn" and config["model"]["widths"] == [8, 16, 16]
     assert config["data"]["augment"] == ["translate", "flip"] and config["data"]["tta"] == ["flip"]
     assert config["train"]["microbatch"] == 32 and config["run"]["steps_per_chunk"] is None  # about a second
-    # a loaded checkpoint predicts with the same test-time flips as the run's own evaluation
+    assert config["train"]["precision"] == precision
+    # a loaded checkpoint predicts with the same test-time flips, in the same precision, as the run's own evaluation
+    import jax
+    import jax.numpy as jnp
+
     from cnn_jax import load
     from cnn_jax.data import load as load_data
 
@@ -72,9 +78,19 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path):
     lm = load(tmp_path / "best", "latest")
     pred = lm.predict(test.images[:1000])
     assert float(np.mean(pred == test.labels[:1000])) == pytest.approx(results["test_accuracy"], abs=1e-6)
-    logits = lm.model.apply(lm.variables, lm._prepare(test.images[:8])[0], train=False)
-    mirrored = lm.model.apply(lm.variables, lm._prepare(test.images[:8, :, ::-1])[0], train=False)
-    np.testing.assert_allclose(lm.logits(test.images[:8]), (logits + mirrored) / 2, rtol=1e-4, atol=1e-4)
+
+    def view_logits(dtype, x):
+        v = {**lm.variables, "params": jax.tree.map(lambda a: a.astype(dtype), lm.variables["params"])}
+        return lm.model.apply(v, x.astype(dtype), train=False).astype(jnp.float32)
+
+    def tta(dtype):  # jitted with the images as an argument, as in the model's own evaluation
+        return jax.jit(lambda x, y: (view_logits(dtype, x) + view_logits(dtype, y)) / 2)(
+            lm._prepare(test.images[:8])[0], lm._prepare(test.images[:8, :, ::-1])[0])
+
+    np.testing.assert_allclose(lm.logits(test.images[:8]), tta(jnp.float32 if precision == "f32" else jnp.bfloat16),
+                               rtol=1e-4, atol=1e-4)
+    if precision == "bf16":
+        assert not np.allclose(lm.logits(test.images[:8]), tta(jnp.float32), rtol=1e-4, atol=1e-4)
 
 
 def test_emnist_digits_on_synthetic_nist_zip(tmp_path):

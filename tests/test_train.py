@@ -1,5 +1,7 @@
 """The compiled train/eval functions (:class:`cnn_jax.train.Trainer`) on synthetic data, one device."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ from synthetic import make_data, train
 
 from cnn_jax.config import Config, ConfigError, DataConfig, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN, get_model
-from cnn_jax.steps import default_preprocess
+from cnn_jax.steps import default_preprocess, evaluate
 from cnn_jax.train import NonFiniteLossError, Trainer
 from cnn_jax.train_state import make_schedule
 
@@ -139,6 +141,20 @@ def test_bf16_mixed_precision_keeps_f32_master_weights():
         _, m = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=8)
         losses[precision] = float(m["loss_sum"]) / 8
     assert losses["bf16"] == pytest.approx(losses["f32"], abs=0.03)
+
+
+def test_bf16_runs_evaluate_in_bf16():
+    """A bf16 run evaluates as it trains, in bfloat16 (:func:`cnn_jax.steps.eval_logits`), not in float32."""
+    model = get_model("bn_cnn", widths=(8, 16), dense=16)
+    trainer = trainer_for(model, BASE.replace(precision="bf16"), tta=("flip",))
+    state, _ = trainer.train_chunk(trainer.init_state(), trainer.put_data(*TRAIN), steps=4)
+    val = trainer.put_data(*VAL, for_eval=True)
+    got = trainer.evaluate(state, val)
+    want = {p: jax.jit(functools.partial(evaluate, model=model, batch=128, tta=("flip",), compute_dtype=d))(state, *val)
+            for p, d in (("bf16", jnp.bfloat16), ("f32", jnp.float32))}
+    assert float(got["loss"]) == pytest.approx(float(want["bf16"]["loss"]), abs=1e-6)
+    np.testing.assert_array_equal(got["confusion"], want["bf16"]["confusion"])
+    assert abs(float(want["bf16"]["loss"]) - float(want["f32"]["loss"])) > 1e-5  # the precision is visible
 
 
 def test_trainer_refuses_a_batch_larger_than_the_data():
