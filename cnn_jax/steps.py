@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cnn_jax.config import PRECISIONS
 from cnn_jax.train_state import TrainState, model_variables
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
@@ -46,7 +47,7 @@ def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Seque
 
 #: ``train.precision`` -> the dtype activations and (cast copies of the) params are computed in. Master weights,
 #: optimizer state, batch-norm statistics, losses and logits averaged over views stay float32.
-COMPUTE_DTYPES: dict[str, Any] = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+COMPUTE_DTYPES: dict[str, Any] = dict(zip(PRECISIONS, (jnp.float32, jnp.bfloat16), strict=True))
 
 
 def cast_params(params: Any, dtype: Any) -> Any:
