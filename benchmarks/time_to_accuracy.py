@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = list(a.experiment_args)
     if a.smoke:
         extra = ["--epochs", "2", "--limit", "1000", "--val-size", "200", "--widths", "8", "16", "16", *extra]
-    t0 = time.strftime("%Y-%m-%d %H:%M")
-    report = {"date": t0, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "device_count": jax.device_count(), "extra_flags": extra,
-              "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
-    if a.merge:
+    if a.merge:  # nothing to train
         parts = [json.loads(Path(f).read_text()) for f in a.merge]
         report = {"merged": [{"file": f, "date": p["date"], "device": p["device"]}
                              for f, p in zip(a.merge, parts, strict=True)],
@@ -119,13 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
         if len(set(keys)) < len(keys):
             sys.exit(f"error: the merged files repeat a (setting, seed) pair ({sorted(keys)}); merge files that "
                      "measured different seeds")
-        a.seeds = []  # nothing to train
-    for i, seed in enumerate(a.seeds):
-        order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
-        for s in order:
-            report["runs"].append(_one(seed, s, extra))
-            if a.json:  # after every run: a measurement cut short keeps what it measured
-                write_json(a.json, report)
+    else:
+        report = {"date": time.strftime("%Y-%m-%d %H:%M"), "backend": jax.default_backend(),
+                  "device": jax.devices()[0].device_kind, "device_count": jax.device_count(), "extra_flags": extra,
+                  "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
+        for i, seed in enumerate(a.seeds):
+            order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
+            for s in order:
+                report["runs"].append(_one(seed, s, extra))
+                if a.json:  # after every run: a measurement cut short keeps what it measured
+                    write_json(a.json, report)
     runs = report["runs"]
     settings = [s for s in a.settings if any(r["setting"] == s for r in runs)]
     summary = summarize(runs, settings)
