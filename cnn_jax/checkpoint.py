@@ -10,19 +10,28 @@ A checkpoint (Orbax step = global train step) holds two items:
 
 Retention: the last ``keep`` checkpoints plus the best by ``val_accuracy``. Saves are asynchronous; Orbax
 writes into a temporary folder and renames it when complete, so a save that did not finish never counts.
+
+Verification: every save's ``meta`` carries the SHA-256 of its state arrays and of the meta itself
+(``meta["digest"]``), computed before the write, so a checkpoint is verifiable from the moment it exists
+(a process killed right after a save leaves nothing unverified). A restore recomputes both and refuses a
+checkpoint whose content differs. Checkpoints saved before content digests are verified by their file
+digest (:data:`DIGEST`); one with neither is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +40,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnn_jax.files import write_json
 from cnn_jax.parallel import to_host
 
 __all__ = ["CheckpointError", "DiskFullError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer",
-           "StopSignal", "DIGEST"]
+           "StopSignal", "DIGEST", "content_digest", "is_disk_full", "quiet_disk_full"]
 
-DIGEST = "cnn_jax_digest.json"  # in each finished checkpoint: the SHA-256 of its files
+DIGEST = "cnn_jax_digest.json"  # checkpoints of older versions: the SHA-256 of their files, written after the save
 
 
 class CheckpointError(RuntimeError):
@@ -94,14 +102,14 @@ class RunCheckpointer:
         self.read_only = read_only
         # Retention is ours (:meth:`_prune`): Orbax's BestN forgets metrics when a manager is reopened
         # (tests/test_checkpoint.py::test_orbax_best_n_forgets_metrics_on_reopen).
-        options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
-                                               enable_async_checkpointing=async_save and not read_only,
-                                               cleanup_tmp_directories=not read_only)  # a killed save's tmp folder
         absl_log = logging.getLogger("absl")
         level = absl_log.level
         if read_only:  # Orbax warns that a read-only manager is read-only
             absl_log.setLevel(logging.ERROR)
         try:
+            options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
+                                                   enable_async_checkpointing=async_save and not read_only,
+                                                   cleanup_tmp_directories=not read_only)  # a killed save's tmp
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         finally:
             absl_log.setLevel(level)
@@ -147,9 +155,9 @@ class RunCheckpointer:
         errors, damaged = [], []
         for s in candidates:
             try:
-                self._verify(s)
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.PyTreeRestore(target), meta=ocp.args.JsonRestore()))
+                self._verify(s, out["state"], out["meta"])
                 if target is not None:
                     _check_structure(target, out["state"], s, self.directory)
                 if not all(np.isfinite(a).all() for a in jax.tree.leaves(out["state"])
@@ -169,15 +177,23 @@ class RunCheckpointer:
             return Restored(out["state"], dict(out["meta"]), s)
         raise CheckpointError(f"{self.directory}: no usable checkpoint: " + "; ".join(errors))
 
-    def _verify(self, step: int) -> None:
-        """Compare the step's files with the digest recorded when it was saved (when it has one)."""
-        path = self.directory / str(step) / DIGEST
-        if path.is_file():
-            recorded = json.loads(path.read_text())
-            now = _digest(self.directory / str(step))
-            changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    def _verify(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        """Check a restored step's state and meta against the digests recorded when it was saved."""
+        if (recorded := meta.get("digest")) is not None:
+            now = content_digest(state, meta)
+            changed = sorted(k for k in ("state", "meta") if recorded.get(k) != now[k])
             if changed:
-                raise CheckpointError(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
+                verb = "differ" if len(changed) > 1 else "differs"
+                raise CheckpointError(f"its {' and '.join(changed)} {verb} from when it was saved")
+            return
+        path = self.directory / str(step) / DIGEST  # saved by an older version: its file digest
+        if not path.is_file():
+            raise CheckpointError("it has no digest to verify it by (saved by an older cnn_jax and not finished)")
+        recorded = json.loads(path.read_text())
+        now = _file_digest(self.directory / str(step))
+        changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+        if changed:
+            raise CheckpointError(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
 
     # ----------------------------------------------------------------------------------------- write
     def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None
@@ -188,27 +204,24 @@ class RunCheckpointer:
         if step in self.steps():
             return False
         state = to_host(state)
-        need, free = sum(a.nbytes for a in jax.tree.leaves(state)) + 2**20, shutil.disk_usage(self.directory).free
+        need, free = sum(a.nbytes for a in jax.tree.leaves(state)) + 2**20, _free_bytes(self.directory)
         if free < need:  # refuse before Orbax's writer threads fail half-way
             raise DiskFullError(f"no space left on the device of {self.directory}: a checkpoint needs up to "
                                 f"{need / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; the checkpoints saved "
                                 "before are intact: free some space and run the same command to resume")
         metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v) and np.isfinite(v)}
-        meta = {**meta, "metrics": metrics}
+        meta = {k: v for k, v in meta.items() if k != "digest"} | {"metrics": metrics}
+        meta["digest"] = content_digest(state, meta)
         return bool(self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True))
 
     def _prune(self) -> None:
-        """Record the digests of finished saves; keep the latest ``keep`` checkpoints and the best by
-        ``best_metric``; delete the rest."""
+        """Wait for pending saves; keep the latest ``keep`` checkpoints and the best by ``best_metric``; delete
+        the rest."""
         self.manager.wait_until_finished()
         if self.read_only:
             return
         steps = self.steps()
-        for s in steps:
-            path = self.directory / str(s) / DIGEST
-            if jax.process_index() == 0 and not path.is_file():
-                write_json(path, _digest(path.parent))
         keep = set(steps[-self.keep:])
         best = self.best_step()
         if best is not None:
@@ -231,7 +244,26 @@ class RunCheckpointer:
                     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _digest(step_dir: Path) -> dict[str, str]:
+def _free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def content_digest(state: Any, meta: Mapping[str, Any]) -> dict[str, str]:
+    """``{"state": sha256, "meta": sha256}``: the state's arrays (each leaf's path, dtype, shape and bytes, in
+    path order, so a restore as plain dicts digests the same) and the meta as canonical JSON, its own
+    ``digest`` excepted."""
+    h = hashlib.sha256()
+    leaves = [("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path),
+               np.asarray(leaf)) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+    for name, a in sorted(leaves, key=lambda item: item[0]):
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    rest = {k: v for k, v in meta.items() if k != "digest"}
+    meta_hex = hashlib.sha256(json.dumps(rest, sort_keys=True, allow_nan=True).encode()).hexdigest()
+    return {"state": h.hexdigest(), "meta": meta_hex}
+
+
+def _file_digest(step_dir: Path) -> dict[str, str]:
     """SHA-256 of every file of a checkpoint (relative path -> hex), the digest file itself excepted."""
     return {str(p.relative_to(step_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != DIGEST}
@@ -248,6 +280,50 @@ def _check_structure(target: Any, restored: Any, step: int, directory: Path) -> 
             diffs.append(f"{jax.tree_util.keystr(path)}: saved shape {np.shape(b)}, now {np.shape(a)}")
     if diffs:
         raise IncompatibleCheckpointError(directory / str(step), diffs)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it came from) is the disk filling up: ``ENOSPC``, or TensorStore's
+    ``RESOURCE_EXHAUSTED ... No space left on device`` (a ``ValueError``) from Orbax's background write."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or _DISK_FULL in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_DISK_FULL = "No space left on device"
+
+
+class _DropDiskFullRecords(logging.Filter):
+    """Drops Orbax's logged tracebacks of a disk-full save (the run reports it in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        return _DISK_FULL not in text
+
+
+@contextlib.contextmanager
+def quiet_disk_full() -> Iterator[None]:
+    """While training: a disk that fills during Orbax's background write is reported once, by the caller
+    (:func:`is_disk_full`), not as Orbax's logged tracebacks nor the asyncio "Event loop is closed" ones that
+    its aborted writer threads print."""
+    absl_log, drop = logging.getLogger("absl"), _DropDiskFullRecords()
+    old_hook = sys.unraisablehook
+
+    def hook(unraisable) -> None:  # TensorStore's callbacks into the closed event loop of an aborted write
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            old_hook(unraisable)
+
+    absl_log.addFilter(drop)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        absl_log.removeFilter(drop)
+        sys.unraisablehook = old_hook
 
 
 class StopSignal:

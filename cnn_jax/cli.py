@@ -155,6 +155,10 @@ def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
             "no checkpoint had been saved yet"
         print(f"error: {e}; {kept}. Lower --lr or add --clip, then start a new run (--new-run).", file=sys.stderr)
         raise SystemExit(3) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started (preparing data), or a second one while saving
+        print("error: interrupted (Ctrl-C); what was saved before is kept: run the same command again to go on",
+              file=sys.stderr)
+        raise SystemExit(EXIT_SIGNAL["SIGINT"]) from None
     except StoppedError as e:
         if jax.process_index() == 0:
             cmd = " ".join(["python", sys.argv[0] or "experiments/<dataset>.py", *(argv or sys.argv[1:])])

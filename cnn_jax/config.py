@@ -11,6 +11,7 @@ must match the run's checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("f32", "bf16")
+#: Test-time augmentation views by name (their transforms: :data:`cnn_jax.steps.TTA_VIEWS`).
+TTA_NAMES = ("flip",)
+#: Seeds are ``uint32``: ``jax.random.PRNGKey`` wraps larger ones (2**32 gives seed 0's key).
+SEED_LIMIT = 2**32
 PARALLELISMS = ("none", "sharded", "pmap")
 CHOICES = {"train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.precision": PRECISIONS,
            "run.parallelism": PARALLELISMS}
@@ -77,7 +82,6 @@ class DataConfig(_Section):
 
     def __post_init__(self) -> None:
         from cnn_jax.data import AUGMENTATIONS, canonical_name, flips_allowed
-        from cnn_jax.steps import TTA_VIEWS
 
         try:
             object.__setattr__(self, "dataset", canonical_name(self.dataset))
@@ -85,13 +89,23 @@ class DataConfig(_Section):
             raise ConfigError(str(e)) from None
         _check("data", "val_size", self.val_size >= 0, "must be >= 0", self.val_size)
         _check("data", "limit", self.limit is None or self.limit > 0, "must be > 0", self.limit)
-        for name, known in (("augment", AUGMENTATIONS), ("tta", TTA_VIEWS)):
+        for name, known in (("augment", AUGMENTATIONS), ("tta", TTA_NAMES)):
             views = getattr(self, name)
             unknown = [v for v in views if v not in known]
             if unknown:
                 raise ConfigError(f"{flag('data.' + name)}: unknown {unknown}; choose from {sorted(known)}")
             if "flip" in views and not flips_allowed(self.dataset):
                 raise ConfigError(f"{flag('data.' + name)}: flip changes a digit's meaning; drop it for {self.dataset}")
+
+
+def _parameters(factory: Any) -> set[str] | None:
+    """The keyword arguments a model class or factory takes (None: any)."""
+    if dataclasses.is_dataclass(factory):  # a Flax module class
+        return {f.name for f in dataclasses.fields(factory) if f.init and f.name not in ("parent", "name")}
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,12 @@ class ModelConfig(_Section):
         _check("model", "widths", self.widths is None or (len(self.widths) > 0 and min(self.widths) >= 1),
                "must be one or more numbers >= 1", self.widths)
         _check("model", "dense", self.dense is None or self.dense >= 1, "must be >= 1", self.dense)
+        takes = _parameters(MODELS[self.name])
+        for key in self.kwargs():
+            if takes is not None and key not in takes:
+                raise ConfigError(f"{flag('model.' + key)}: model {self.name!r} has no {key} parameter; drop it, or "
+                                  f"pick a model that has one (--model; {self.name} takes "
+                                  f"{sorted(takes & set(field_types('model')) - {'name'})})")
 
     def kwargs(self) -> dict[str, Any]:
         """The set constructor arguments (``None``: the model's default)."""
@@ -161,6 +181,7 @@ class TrainConfig(_Section):
                "must be a finite number > 0 (or none: off)", self.clip)
         _check("train", "early_stopping_patience", self.early_stopping_patience is None
                or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
+        _check("train", "seed", 0 <= self.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})", self.seed)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
         _check("train", "microbatch", auto or (isinstance(self.microbatch, int | None) and (self.microbatch or 1) > 0),
                "must be auto or a number >= 0 (0: off)", self.microbatch)

@@ -1,23 +1,47 @@
-"""Run-folder file helpers: atomic writes, the writable-folder check, the one-writer lock."""
+"""Output files and folders: atomic writes, folders that are ours to write into, the one-writer lock."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_text", "write_json", "unwritable", "RunLock", "RunLockedError"]
+__all__ = ["write_text", "write_json", "atomic_path", "unwritable", "claim_folder", "owner", "NotOursError",
+           "MARKER", "RunLock", "RunLockedError"]
+
+#: The file that makes a folder ours: written (atomically) when we create or first fill the folder; JSON
+#: ``{"cnn_jax": kind}``. A folder without it is written into only while it is empty.
+MARKER = ".cnn_jax"
+
+
+class NotOursError(ValueError):
+    """A folder (or file) holds a user's files, not outputs of ours: nothing is written there."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on leaving the block without an error it is flushed to
+    disk and renamed onto ``path`` (a reader sees the old file or the new one, never a part), else removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` atomically: a temporary file beside ``path``, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write ``text`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -34,6 +58,35 @@ def unwritable(folder: str | os.PathLike) -> str | None:
     if not os.access(probe, os.W_OK):
         return f"not writable ({probe} is read-only)"
     return None
+
+
+def owner(folder: str | os.PathLike) -> str | None:
+    """The kind of output of ours a folder holds (its :data:`MARKER`), or None."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("cnn_jax")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, *, check_only: bool = False) -> Path:
+    """Make ``folder`` ours for outputs of ``kind`` (e.g. ``"run"``, ``"figures"``) and return it: a missing or
+    empty folder is created and marked (:data:`MARKER`); one already marked with ``kind`` is fine. Anything
+    else (a user's files, whatever their names) raises :class:`NotOursError` and nothing is written.
+    ``check_only``: say so without creating or marking anything."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotOursError(f"{folder} is a file, not a folder; pick another name")
+    mine = owner(folder)
+    if mine is None and folder.is_dir() and (files := sorted(p.name for p in folder.iterdir())):
+        raise NotOursError(f"{folder} holds files that cnn_jax did not write (e.g. {files[0]}); nothing was "
+                           "written there: pick another (new or empty) folder")
+    if mine is not None and mine != kind:
+        raise NotOursError(f"{folder} holds cnn_jax {mine} outputs, not {kind} outputs; nothing was written there: "
+                           "pick another (new or empty) folder")
+    if mine is None and not check_only:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / MARKER, {"cnn_jax": kind})
+    return folder
 
 
 class RunLockedError(RuntimeError):

@@ -26,7 +26,7 @@ from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
 from cnn_jax.train import CKPT_SUBDIR, build_model
 from cnn_jax.train_state import model_variables
 
-__all__ = ["LoadedModel", "load", "read_image", "LIGHT_ON_DARK"]
+__all__ = ["LoadedModel", "load", "read_image", "LIGHT_ON_DARK", "SHRINK_FACTOR"]
 
 
 @dataclass
@@ -117,40 +117,95 @@ def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
 LIGHT_ON_DARK = ("fashion_mnist", "emnist")
 
 
+#: Pictures are shrunk to at most this many times the model's input size (long side) before anything else, so
+#: that memory is bounded by the input size whatever the picture (a 40000x1 strip is not padded to 40000x40000).
+SHRINK_FACTOR = 4
+
+
+def _open_picture(path: str | os.PathLike, bound: int):
+    """The picture, decoded (a JPEG at a reduced scale when it is much larger than ``bound``), EXIF rotation
+    applied, and its size and mode as found. One-line :class:`ValueError` for a file that is not a picture, or
+    a picture too large to decode (Pillow's decompression-bomb limit)."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            found = f"{opened.width}x{opened.height} {opened.mode}"
+            big = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+            if opened.format == "JPEG" and max(opened.size) > 2 * bound:  # decode at 1/2, 1/4 or 1/8 scale
+                s = bound / max(opened.size)
+                opened.draft(None, (max(1, int(opened.width * s)), max(1, int(opened.height * s))))
+                big = False
+            if big:
+                raise Image.DecompressionBombError(f"{opened.width * opened.height} pixels")
+            img = ImageOps.exif_transpose(opened)
+            img.load()
+    except Image.DecompressionBombError:
+        limit = f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels" if Image.MAX_IMAGE_PIXELS else "its limit"
+        raise ValueError(f"{path}: too large a picture to read safely (over {limit}, Pillow's guard against "
+                         "decompression bombs); pass a smaller picture (a few megapixels is plenty)") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a picture Pillow can read ({type(e).__name__}); pass a PNG or JPEG "
+                         "file") from None
+    return img, found
+
+
 def read_image(path: str | os.PathLike, shape: Sequence[int] = (28, 28, 1),
                light_on_dark: bool = True) -> tuple[np.ndarray, list[str]]:
     """A picture file (PNG, JPEG, ...; any size, colour or grey) as one model input: uint8 ``(H, W, C)`` of
     ``shape``, and notes on what was done to it.
 
-    Steps: EXIF rotation applied; transparency composited on white; grey (or RGB for ``C = 3``); when
-    ``light_on_dark`` and the border is mostly light (a dark-on-light picture), inverted; padded to a square
-    with the background; resized to ``H x W`` (Lanczos).
+    Steps: EXIF rotation applied; shrunk (Lanczos) when its long side exceeds :data:`SHRINK_FACTOR` times the
+    input's, so memory stays bounded whatever the picture; grey (or RGB for ``C = 3``). With ``light_on_dark``
+    (the dataset's pictures are light on black): a transparent background is the background, made black, and the
+    object (the opaque pixels) is kept if light or inverted if dark; an opaque picture whose border is mostly
+    light (dark on light) is inverted. Without it, transparency is composited on white. Then padded to a square
+    with the background, and resized to ``H x W`` (Lanczos).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
     h, w, c = shape
-    try:
-        with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened)
-    except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"{path}: not a picture Pillow can read ({type(e).__name__}); pass a PNG or JPEG "
-                         "file") from None
-    notes = [f"{img.width}x{img.height} {img.mode}"]
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-    if img.mode in ("I", "I;16", "I;16B", "F"):  # 16-bit or float grey: scale to 0..255
-        a = np.asarray(img, np.float64)
-        img = Image.fromarray(np.uint8(np.clip(a / max(a.max(), 1e-12) * 255, 0, 255).round()))
-    a = np.asarray(img.convert("L" if c == 1 else "RGB"))
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if light_on_dark and np.median(border) > 127:
-        a = 255 - a
-        notes.append("inverted (dark on light -> light on dark, as the dataset)")
-    side = max(a.shape[:2])
+    bound = SHRINK_FACTOR * max(h, w)
+    img, found = _open_picture(path, bound)
+    notes = [found]
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):  # 16-bit or float grey: scaled to 0..255 below
+        img = img.convert("F")
+    elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        if img.getextrema()[3][0] == 255:  # an alpha channel, but nothing transparent
+            img = img.convert("L" if c == 1 else "RGB")
+    else:
+        img = img.convert("L" if c == 1 else "RGB")
+    if max(img.size) > bound:  # premultiplied alpha: transparent pixels' colours do not bleed in
+        scale = bound / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+        notes.append(f"shrunk to {img.width}x{img.height}")
+    background = None  # the known background value, when the picture said it (transparency)
+    if img.mode == "F":
+        a = np.asarray(img, np.float32)
+        a = np.uint8(np.clip(a / max(float(a.max()), 1e-12) * 255, 0, 255).round())
+        a = a if c == 1 else np.repeat(a[..., None], 3, axis=-1)
+    elif img.mode == "RGBA":
+        a, background = _transparent(np.asarray(img), c, light_on_dark, notes)
+    else:
+        a = np.asarray(img)
+    if background is None:
+        border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+        if light_on_dark and np.median(border) > 127:
+            a = 255 - a
+            notes.append("inverted (dark on light -> light on dark, as the dataset)")
     if a.shape[0] != a.shape[1]:  # centre on a square of the (now dark or original) background
-        fill = np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0).astype(np.uint8)
+        side = max(a.shape[:2])
+        fill = (np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0) if background is None
+                else background)
         square = np.empty((side, side, *a.shape[2:]), np.uint8)
-        square[...] = fill
+        square[...] = np.asarray(fill).astype(np.uint8)
         top, left = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
         square[top:top + a.shape[0], left:left + a.shape[1]] = a
         a = square
@@ -159,6 +214,33 @@ def read_image(path: str | os.PathLike, shape: Sequence[int] = (28, 28, 1),
         a = np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.LANCZOS))
         notes.append(f"resized to {h}x{w}")
     return a.reshape(h, w, c), notes
+
+
+def _transparent(rgba: np.ndarray, c: int, light_on_dark: bool, notes: list[str]) -> tuple[np.ndarray, int]:
+    """A picture with transparent pixels, composited: for ``light_on_dark`` datasets on black (transparency is
+    background), the object inverted if its opaque pixels are mostly dark; else on white. Returns the grey
+    (``c = 1``) or RGB pixels and the background value."""
+    alpha = rgba[..., 3:].astype(np.float32) / 255
+    colour = rgba[..., :3].astype(np.float32)
+    if c == 1:
+        colour = colour @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]  # ITU-R 601 luma, as Pillow's L
+    if not light_on_dark:
+        notes.append("transparent background composited on white")
+        return np.uint8(np.clip(colour * alpha + 255 * (1 - alpha), 0, 255).round()), 255
+    weight = float(alpha.sum())
+    if weight == 0:
+        notes.append("fully transparent: an empty (black) picture")
+        return np.zeros(rgba.shape[:2] if c == 1 else (*rgba.shape[:2], 3), np.uint8), 0
+    brightness = float((colour.mean(axis=-1, keepdims=True) * alpha).sum()) / weight
+    if brightness <= 127:
+        colour = 255 - colour
+        notes.append(f"transparent background -> black, as the dataset; the object is dark (mean "
+                     f"{brightness:.0f} of 255), inverted to light on black")
+    else:
+        notes.append(f"transparent background -> black, as the dataset; the object is light (mean "
+                     f"{brightness:.0f} of 255), kept")
+    out = np.uint8(np.clip(colour * alpha, 0, 255).round())
+    return (out[..., 0] if c == 1 else out), 0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

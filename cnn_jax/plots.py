@@ -20,12 +20,19 @@ __all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_filters",
            "plot_comparison"]
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+def _save(fig, path: str | os.PathLike, dpi: int = 110, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``fig`` as a PNG atomically (a reader sees the old file or the new one, never a part) and close it.
+    ``metadata``: PNG text chunks to add (e.g. a key that marks the file as ours)."""
+    from cnn_jax.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:  # the temporary name does not end in .png: say the format
+            fig.savefig(tmp, dpi=dpi, format="png", metadata=dict(metadata or {}))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -131,9 +138,10 @@ def plot_feature_maps(image: np.ndarray, maps: np.ndarray, path: str | os.PathLi
 
 
 def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,
-                    title: str = "") -> Path:
+                    title: str = "", metadata: Mapping[str, str] | None = None) -> Path:
     """Several runs on shared axes: validation accuracy, validation loss, and the train-eval - val accuracy gap
-    (the overfitting) per epoch. ``histories``: run name -> its per-epoch metrics (``metrics.jsonl`` lines)."""
+    (the overfitting) per epoch. ``histories``: run name -> its per-epoch metrics (``metrics.jsonl`` lines).
+    ``metadata``: PNG text chunks to add to the file."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
     panels = (("validation accuracy", lambda h: h.get("val_accuracy")),
               ("validation loss", lambda h: h.get("val_loss")),
@@ -154,7 +162,7 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path
             ax.legend(fontsize=8)
     axes[2].axhline(0, color="gray", lw=0.8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, metadata=metadata)
 
 
 def _first_conv_kernel(params) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,11 +1,13 @@
 """Compare finished runs: a Markdown report with a side-by-side table, per-class weaknesses, a conclusion
 computed from the numbers (``report.json`` beside it holds them, with each run's overfitting verdict), and a
-figure (validation accuracy, validation loss and train-eval - val gap per epoch).
+figure (validation accuracy, validation loss and train-eval - val gap per epoch): ``<stem>.md``, ``<stem>.json``
+and ``<stem>.png`` for ``--out <stem>.md``, written atomically, never into a run folder, and replacing only an
+earlier report of ours (each file is marked as one), never a user's file.
 
     python experiments/compare.py checkpoints/fashion_mnist/lab checkpoints/fashion_mnist/best --out report.md
 
 A run folder is what ``experiments/<dataset>.py`` writes: ``results.json`` (final metrics) and ``metrics.jsonl``
-(one line per epoch). The figure is written beside the report, with the same name and ``.png``.
+(one line per epoch).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from cnn_jax.files import unwritable, write_json
+from cnn_jax.files import owner, unwritable, write_json, write_text
 
 __all__ = ["ReportError", "Run", "read_run", "summarize", "overfitting", "margin", "conclusion", "render",
-           "report_data", "write_report", "main"]
+           "report_data", "report_paths", "check_out", "write_report", "main"]
 
 #: Differences below this many accuracy points (percent) count as a tie.
 TIE_POINTS = 0.1
@@ -291,7 +293,7 @@ def table_row(run: Run) -> list[str]:
 
 def render(runs: list[Run], figure_name: str | None) -> str:
     """The Markdown report."""
-    lines = ["# Run comparison", ""]
+    lines = [MARKDOWN_MARK, "# Run comparison", ""]
     lines += [f"- **{r.name}**: `{r.path}`" for r in runs]
     lines += ["", "## Side by side", "",
               "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
@@ -310,12 +312,79 @@ def render(runs: list[Run], figure_name: str | None) -> str:
     return "\n".join(lines)
 
 
-def _check_writable(out: Path) -> None:
+#: What marks the report files as ours, so that re-running a comparison replaces its own previous report and
+#: nothing else: the Markdown's first line, the JSON's ``kind`` and a PNG text chunk.
+REPORT_KIND = "cnn_jax.compare"
+MARKDOWN_MARK = "<!-- written by cnn_jax compare (experiments/compare.py); re-running the comparison replaces it -->"
+PNG_MARK = {"cnn_jax": REPORT_KIND}
+#: Files that make a folder a run folder (with a ``.cnn_jax`` marker of kind ``run``).
+RUN_FILES = ("results.json", "metrics.jsonl", "ckpt")
+
+
+def report_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """The files a report ``--out`` names: ``{"report": <stem>.md, "data": <stem>.json, "figure": <stem>.png}``.
+    ``out`` must end in ``.md`` (a name without a suffix gets ``.md``); :class:`ReportError` otherwise."""
+    out = Path(out)
     if out.is_dir():
         raise ReportError(f"--out {out}: is a folder; give a file name such as {out / 'report.md'}")
-    problem = unwritable(out.parent) or (None if not out.exists() or os.access(out, os.W_OK) else "not writable")
+    if out.suffix == "":
+        out = out.with_name(out.name + ".md")
+    elif out.suffix.lower() != ".md":
+        stem = out.with_suffix("")
+        raise ReportError(f"--out {out}: the report is Markdown and must end in .md (e.g. --out {stem}.md, which "
+                          f"also writes {stem.name}.json and {stem.name}.png)")
+    return {"report": out, "data": out.with_suffix(".json"), "figure": out.with_suffix(".png")}
+
+
+def _run_folder(folder: Path, strict: bool = True) -> str | None:
+    """Why ``folder`` is a run folder (marked as one, or holding a run's files: one of :data:`RUN_FILES`, or with
+    ``strict=False`` two of them), or None."""
+    if owner(folder) == "run":
+        return "it is marked as a cnn_jax run folder"
+    held = [f for f in RUN_FILES if (folder / f).exists()]
+    return f"it holds {' and '.join(held)}" if len(held) >= (1 if strict else 2) else None
+
+
+def _ours(kind: str, path: Path) -> bool:
+    """Whether an existing ``path`` is a report file of ours (written by :func:`write_report`)."""
+    from PIL import Image
+
+    try:
+        if kind == "report":
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.readline().rstrip("\n") == MARKDOWN_MARK
+        if kind == "data":
+            data = json.loads(path.read_text())
+            return isinstance(data, dict) and data.get("kind") == REPORT_KIND
+        with Image.open(path) as im:
+            return im.format == "PNG" and all(im.info.get(k) == v for k, v in PNG_MARK.items())
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def check_out(out: str | os.PathLike) -> dict[str, Path]:
+    """Check, writing nothing, that a report can go to ``out``; returns :func:`report_paths`. :class:`ReportError`
+    (one line) when ``out`` is not a ``.md`` name, its folder cannot be written or is a run folder (a report is
+    not part of a run), or one of the files it would write exists and is not a report of ours."""
+    paths = report_paths(out)
+    out = paths["report"]
+    problem = unwritable(out.parent)
     if problem:
         raise ReportError(f"--out {out}: {problem}; pick another --out")
+    folder = out.parent.resolve()
+    for d in (folder, *folder.parents):
+        why = _run_folder(d, strict=d == folder)
+        if why:
+            where = f"{folder} is a run folder" if d == folder else f"{folder} is inside the run folder {d}"
+            raise ReportError(f"--out {out}: {where} ({why}); a report is not part of a run and nothing was written: "
+                              f"pick an --out outside it (e.g. {d.parent / (d.name + '-report.md')})")
+    for kind, path in paths.items():
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise ReportError(f"--out {out}: {path} is a folder, not a file; nothing was written: pick another --out")
+        if path.exists() and not _ours(kind, path):
+            raise ReportError(f"--out {out}: {path} exists and is not a report written by cnn_jax compare; nothing "
+                              "was written (it is not replaced): pick another --out, or move that file")
+    return paths
 
 
 def report_data(runs: list[Run]) -> dict[str, Any]:
@@ -323,52 +392,57 @@ def report_data(runs: list[Run]) -> dict[str, Any]:
     conclusion (the prose renders these)."""
     keys = ("dataset", "model", "epochs", "train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy",
             "test_loss", "best_epoch", "best_val_accuracy", "images_per_s")
-    return {"runs": {r.name: {"path": str(r.path), **{k: r.summary[k] for k in keys},
+    return {"kind": REPORT_KIND,
+            "runs": {r.name: {"path": str(r.path), **{k: r.summary[k] for k in keys},
                               "overfitting": r.summary["overfitting"]} for r in runs},
             "accuracy": margin(runs), "conclusion": conclusion(runs)}
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.md") -> dict[str, Any]:
-    """Read the runs, write the report (``.md``), its data (``.json``) and its figure (``.png``). Returns
-    ``{"report", "figure", "runs", "conclusion", "text"}``."""
+    """Read the runs, write the report (``<stem>.md``), its data (``<stem>.json``) and its figure
+    (``<stem>.png``), each atomically; ``out`` must end in ``.md`` (or have no suffix). Writes nothing into a run
+    folder and replaces no file that is not a report of ours (:func:`check_out`). Returns
+    ``{"report", "data", "figure", "runs", "conclusion", "text"}``."""
     if len(run_dirs) < 2:
         raise ReportError(f"need at least two run folders to compare, got {len(run_dirs)}")
     resolved = [Path(p).resolve() for p in run_dirs]
     dupes = {str(p) for p in resolved if resolved.count(p) > 1}
     if dupes:
         raise ReportError(f"the same run folder is given twice: {', '.join(sorted(dupes))}")
-    out = Path(out)
-    _check_writable(out)
+    paths = check_out(out)
     runs = [read_run(p) for p in run_dirs]
     for run, name in zip(runs, _names([r.path for r in runs]), strict=True):
         run.name = name
         run.summary = summarize(run)
     from cnn_jax import plots
 
-    figure = out.with_suffix(".png") if out.suffix != ".png" else out.with_name(out.name + ".figure.png")
+    out, figure = paths["report"], paths["figure"]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         plots.plot_comparison({r.name: r.history for r in runs}, figure,
-                              "validation accuracy, validation loss and overfitting gap per epoch")
+                              "validation accuracy, validation loss and overfitting gap per epoch", metadata=PNG_MARK)
         text = render(runs, figure.name)
-        out.write_text(text)
-        write_json(out.with_suffix(".json"), report_data(runs))
+        write_text(out, text)
+        write_json(paths["data"], report_data(runs))
     except OSError as e:
         raise ReportError(f"--out {out}: cannot write ({e.strerror or e})") from e
-    return {"report": out, "figure": figure, "runs": runs, "conclusion": conclusion(runs), "text": text}
+    return {"report": out, "data": paths["data"], "figure": figure, "runs": runs, "conclusion": conclusion(runs),
+            "text": text}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="experiments/compare.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run folders (with results.json)")
-    p.add_argument("--out", default="report.md", help="the Markdown report; the figure goes beside it as .png "
-                                                      "(default: report.md)")
+    p.add_argument("--out", default="report.md", help="the Markdown report, a name ending in .md; its data and "
+                                                      "figure go beside it as .json and .png (default: report.md). "
+                                                      "Not inside a run folder; files that are not an earlier "
+                                                      "report of ours are never replaced")
     args = p.parse_args(argv)
     try:
         result = write_report(args.runs, args.out)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {result['report']} and {result['figure']}")
+    print(f"wrote {result['report']}, {result['data']} and {result['figure']}")
     print(" ".join(result["conclusion"]))
     return 0

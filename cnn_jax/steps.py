@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from cnn_jax.config import PRECISIONS
+from cnn_jax.config import PRECISIONS, TTA_NAMES
 from cnn_jax.train_state import TrainState, model_variables
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
@@ -33,7 +33,8 @@ def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
 
 
 #: Test-time augmentation views: name -> NHWC batch transform. Logits are averaged over the image and its views.
-TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = {"flip": lambda x: x[:, :, ::-1, :]}
+TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = dict(zip(TTA_NAMES, (lambda x: x[:, :, ::-1, :],),
+                                                                  strict=True))
 
 
 def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
@@ -148,7 +149,7 @@ def train_step(
 def train_chunk(
     state: TrainState, images: jax.Array, labels: jax.Array, *, step_fn: Callable, steps: int | jax.Array,
     steps_per_epoch: int, global_batch: int, local_batch: int | None = None, axis_name: str | None = None,
-    batch_sharding: Any = None,
+    batch_sharding: Any = None, totals: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``steps`` train steps fused in one loop, all within the epoch ``state.step // steps_per_epoch``.
 
@@ -157,8 +158,9 @@ def train_chunk(
     ``permutation(fold_in(shuffle_root, epoch), N)``; step ``s`` uses batch ``s % steps_per_epoch`` of it (a
     final partial batch is dropped). Under ``pmap`` each device takes its ``local_batch`` slice of the global
     batch; under sharded ``jit`` the batch is constrained to ``batch_sharding``. Returns the new state and
-    summed metrics: ``loss_sum`` (over good steps), ``correct``, ``good_steps``, ``bad_step`` (first
-    non-finite step, or -1).
+    summed metrics: ``loss_sum`` (float32, over good steps), ``correct``, ``good_steps``, ``bad_step`` (first
+    non-finite step, or -1). ``totals``: the epoch's ``(loss_sum, correct)`` so far, carried on: the sum is
+    then the same sequence of float32 additions however the epoch is cut into chunks (or resumed).
     """
     n = images.shape[0]
     local_batch = local_batch or global_batch
@@ -178,7 +180,8 @@ def train_chunk(
         zero = jnp.zeros_like(loss)
         return new, loss_sum + jnp.where(ok, loss, zero), correct + jnp.where(ok, c, 0), good + ok, bad
 
-    init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+    loss0, correct0 = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)) if totals is None else totals
+    init = (state, jnp.asarray(loss0, jnp.float32), jnp.asarray(correct0, jnp.int32), jnp.zeros((), jnp.int32),
             jnp.full((), -1, jnp.int32))
     state, loss_sum, correct, good, bad = lax.fori_loop(0, steps, body, init)
     return state, {"loss_sum": loss_sum, "correct": correct, "good_steps": good, "bad_step": bad}

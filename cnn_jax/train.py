@@ -16,10 +16,11 @@ processes; only process 0 writes the run's files and prints.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import json
+import os
 import platform
+import signal
 import sys
 import time
 from collections import Counter
@@ -34,9 +35,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
-from cnn_jax.checkpoint import DiskFullError, IncompatibleCheckpointError, RunCheckpointer, StopSignal
+from cnn_jax.checkpoint import (
+    DIGEST,
+    CheckpointError,
+    DiskFullError,
+    IncompatibleCheckpointError,
+    RunCheckpointer,
+    StopSignal,
+    is_disk_full,
+    quiet_disk_full,
+)
 from cnn_jax.config import AUTO, Config, differences
-from cnn_jax.files import RunLock, RunLockedError, write_json, write_text
+from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, make_schedule
@@ -46,9 +56,6 @@ __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate"
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
-#: What a run folder of ours holds (a folder holding anything else, and no checkpoints, is never written into).
-RUN_FILES = {CKPT_SUBDIR, CONFIG_FILE, "metrics.jsonl", "results.json", "figures", "tensorboard", ".lock",
-             ".config.json.tmp", ".metrics.jsonl.tmp", ".results.json.tmp"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -179,14 +186,15 @@ class Trainer:
         else:
             kw.update(batch_sharding=parallel.data_sharded(self.mesh))
 
-        def fn(state, images, labels, steps):
+        def fn(state, images, labels, steps, totals):
             self.trace_counts["train_chunk"] += 1
-            return train_chunk(state, images, labels, steps=steps, **kw)
+            return train_chunk(state, images, labels, steps=steps, totals=totals, **kw)
 
         if self.pmap:
-            return jax.pmap(fn, axis_name=axis, devices=self.devices, donate_argnums=0, in_axes=(0, 0, 0, None))
+            return jax.pmap(fn, axis_name=axis, devices=self.devices, donate_argnums=0,
+                            in_axes=(0, 0, 0, None, None))
         rep = parallel.replicated(self.mesh)
-        return jax.jit(fn, donate_argnums=0, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep))
+        return jax.jit(fn, donate_argnums=0, in_shardings=(rep,) * 5, out_shardings=(rep, rep))
 
     def _build_eval(self):
         kw = dict(model=self.model, batch=self.config.run.eval_batch_size, preprocess=self.eval_preprocess,
@@ -200,13 +208,15 @@ class Trainer:
         rep = parallel.replicated(self.mesh)
         return jax.jit(fn, in_shardings=(rep, rep, rep), out_shardings=rep)
 
-    def train_chunk(self, state: TrainState, data: tuple[Any, Any], steps: int | None = None
-                    ) -> tuple[TrainState, dict[str, Any]]:
+    def train_chunk(self, state: TrainState, data: tuple[Any, Any], steps: int | None = None,
+                    totals: tuple[float, int] = (0.0, 0)) -> tuple[TrainState, dict[str, Any]]:
         """``steps`` (default ``run.steps_per_chunk`` or an epoch) fused steps, within one epoch; ``state`` is
-        donated. One compiled function serves every length. Returns the new state and device metrics
+        donated. One compiled function serves every length. ``totals``: the epoch's ``(loss_sum, correct)``
+        so far, added on to (epoch metrics independent of chunking). Returns the new state and device metrics
         (:func:`cnn_jax.steps.train_chunk`), not synced."""
         steps = steps or self.config.run.steps_per_chunk or self.steps_per_epoch
-        state, metrics = self._chunk_fn(state, *data, np.int32(steps))
+        state, metrics = self._chunk_fn(state, *data, np.int32(steps),
+                                        (np.float32(totals[0]), np.int32(totals[1])))
         return state, parallel.unreplicate(metrics) if self.pmap else metrics
 
     def check_finite(self, state: TrainState, metrics: dict[str, Any]) -> None:
@@ -268,8 +278,11 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
                 continue
     finally:
         ckpt.close()
-    path = run_dir / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if isinstance(saved := _read_json(run_dir / CONFIG_FILE), dict):
+        return saved
+    raise CheckpointError(f"{run_dir}: the config of its checkpoints cannot be read (every checkpoint's record "
+                          f"is damaged and {CONFIG_FILE} is missing or damaged); nothing was changed there: pick "
+                          "another --run, or pass --new-run to start a fresh run beside it")
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
@@ -283,10 +296,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     run_dir = Path(workdir)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
-    foreign = [p.name for p in run_dir.iterdir() if p.name not in RUN_FILES] if run_dir.is_dir() else []
-    if foreign and not has_checkpoints(run_dir) and not (run_dir / CONFIG_FILE).is_file():
-        raise ValueError(f"{run_dir} holds files that are not a cnn_jax run (e.g. {sorted(foreign)[0]}); "
-                         "nothing was written there: pick another --run or --workdir")
+    _agree(lambda: _claim_run_folder(run_dir, check_only=True))  # a user's folder: refused, nothing written
     saved = saved_config(run_dir)
     if saved is not None:
         config = resolve_microbatch(config, None, (), saved)  # "auto": the run's own choice
@@ -303,10 +313,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
                "input_shape": list(train.images.shape[1:])}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = trainer.init_state() if saved is None else None  # errors of a new run's setup come before any file
+    _agree(lambda: _claim_run_folder(run_dir))  # created (or checked again) and marked as ours
     lock = _lock(run_dir, is_main, say)
     ckpt, finished = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep), False
     stop = StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None).__enter__()  # a SIGTERM
+    quiet = quiet_disk_full()
+    quiet.__enter__()
     try:  # from here on stops at the next chunk boundary, with a checkpoint
         history: list[dict[str, Any]] = []
         partial = None  # running sums of a partly trained epoch
@@ -321,7 +334,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             say(f"resuming {run_dir} from checkpoint step {restored.step} "
                 f"(epoch {len(history)} done{', mid-epoch' if partial else ''})")
         else:
-            state = trainer.init_state()
+            state = fresh
             say(f"new run in {run_dir}")
         if is_main:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -341,8 +354,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early, test,
                           time.perf_counter() - t_start, is_main)
         finished = True
-    except (OSError, RuntimeError) as e:  # the disk filled up while Orbax or we were writing
-        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+    except Exception as e:  # the disk filled up while Orbax (in the background) or we were writing
+        if not is_disk_full(e):
             raise
         raise DiskFullError(f"no space left on the device of {run_dir}; the checkpoints saved before are intact: "
                             "free some space and run the same command to resume") from None
@@ -354,26 +367,45 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 raise
         finally:
             stop.__exit__()
+            quiet.__exit__(None, None, None)
             lock.release()
     return results
 
 
-def _lock(run_dir: Path, is_main: bool, say: Callable) -> RunLock:
-    """The run folder's one-writer lock, taken by process 0 for all processes."""
-    lock, error = RunLock(run_dir), None
-    if is_main:
+def _agree(action: Callable[[], Any]) -> Any:
+    """``action()`` on process 0; its error, if any, raised on every process (one file-system decision)."""
+    result, error = None, None
+    if jax.process_index() == 0:
         try:
-            if note := lock.acquire():
-                say(f"{run_dir}: {note}")
-        except RunLockedError as e:
+            result = action()
+        except (NotOursError, RunLockedError) as e:
             error = e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         if not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
-            raise error or RunLockedError(f"{run_dir} is being trained by another process")
+            raise error or NotOursError("process 0 refused the run folder (see its message)")
     if error is not None:
         raise error
+    return result
+
+
+def _claim_run_folder(run_dir: Path, check_only: bool = False) -> None:
+    """The run folder is ours (:func:`cnn_jax.files.claim_folder`): new, empty or marked as a run; a run of an
+    older version (no marker, checkpoints with their file digest) is marked now."""
+    legacy = owner(run_dir) is None and any(
+        (p / DIGEST).is_file() for p in (run_dir / CKPT_SUBDIR).glob("[0-9]*") if run_dir.is_dir())
+    if legacy and not check_only:
+        write_json(run_dir / MARKER, {"cnn_jax": "run"})
+    elif not legacy:
+        claim_folder(run_dir, "run", check_only=check_only)
+
+
+def _lock(run_dir: Path, is_main: bool, say: Callable) -> RunLock:
+    """The run folder's one-writer lock, taken by process 0 for all processes."""
+    lock = RunLock(run_dir)
+    if note := _agree(lock.acquire):
+        say(f"{run_dir}: {note}")
     return lock
 
 
@@ -383,6 +415,22 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _test_hooks() -> Callable[[int, int], None]:
+    """Test-only stand-ins for a slower machine and an outside signal, so that tests are driven by steps, not by
+    the machine's speed (environment, read when a run starts): ``CNN_JAX_TEST_STEP_SECONDS=S`` sleeps S seconds
+    per step; ``CNN_JAX_TEST_SIGNAL_AT=STEP[:SIGNAME]`` sends this process SIGNAME (default SIGTERM) once the
+    chunk that reaches global step STEP is done. Returns ``hook(step_before, step_after)``, called per chunk."""
+    delay = float(os.environ.get("CNN_JAX_TEST_STEP_SECONDS") or 0)
+    at, _, name = (os.environ.get("CNN_JAX_TEST_SIGNAL_AT") or "").partition(":")
+
+    def hook(before: int, after: int) -> None:
+        if delay:
+            time.sleep(delay * (after - before))
+        if at and before < int(at) <= after:
+            os.kill(os.getpid(), getattr(signal, name or "SIGTERM"))
+    return hook
 
 
 #: Automatic chunks (``run.steps_per_chunk`` None) take about this long: the progress bar moves, and a stop
@@ -423,6 +471,7 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
                unit_scale=True, leave=False, dynamic_ncols=True,
                disable=not (config.run.progress and is_main and sys.stderr.isatty()))
     per_step, warm = None, False  # measured seconds per step; the first call compiles and is not timed
+    test_hook = _test_hooks()
     try:
         for epoch in range(start_step // spe, cfg.epochs):
             skip = start_step - epoch * spe if epoch == start_step // spe else 0
@@ -437,15 +486,16 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
 
                     steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
                 t_chunk = time.perf_counter()
-                state, m = trainer.train_chunk(state, train_data, steps)
+                state, m = trainer.train_chunk(state, train_data, steps, (sums["loss_sum"], sums["correct"]))
                 trainer.check_finite(state, m)  # the one host sync per chunk
                 m = parallel.to_host(m)
+                test_hook(epoch * spe + done, epoch * spe + done + steps)
                 if warm:
                     per_step = (time.perf_counter() - t_chunk) / steps
                 warm = True
                 done += steps
-                sums.update(loss_sum=sums["loss_sum"] + float(m["loss_sum"]),
-                            correct=sums["correct"] + int(m["correct"]), seen=sums["seen"] + steps * cfg.batch_size)
+                sums.update(loss_sum=float(m["loss_sum"]), correct=int(m["correct"]),  # the epoch's totals so far
+                            seen=sums["seen"] + steps * cfg.batch_size)
                 bar.set_postfix(loss=f"{sums['loss_sum'] / max(sums['seen'] // cfg.batch_size, 1):.4f}",
                                 acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}", refresh=False)
                 bar.update(steps * cfg.batch_size)
@@ -471,8 +521,7 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
             metrics["elapsed"] = time.perf_counter() - fit_start
             history = [*history, metrics]
             if is_main:
-                with (run_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
                 summaries.write(metrics)
                 if config.run.progress:
                     val_txt = f" val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f}" \

@@ -11,7 +11,6 @@ image of simple shapes; it says which. Writes PNG figures and prints where.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 from cnn_jax import FILTERS, apply_filter_bank, max_pool  # noqa: E402
 from cnn_jax.data.idx import read_idx  # noqa: E402
 from cnn_jax.data.sources import DATASETS  # noqa: E402
+from cnn_jax.files import NotOursError, atomic_path, claim_folder, unwritable  # noqa: E402
 
 FASHION_DIRS = DATASETS["fashion_mnist"].default_dirs  # where Debian's dataset-fashion-mnist puts the files
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -70,9 +70,17 @@ def plot_kernels(names: list[str], path: Path) -> None:
         ax.set_title(f"{name}\n{k.shape[0]}x{k.shape[1]}", fontsize=8)
         ax.axis("off")
     fig.suptitle("Filter bank (kernels, cross-correlation)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Write the figure as a PNG atomically (a temporary file beside ``path``, then a rename) and close it."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
 
 
 def plot_walkthrough(image: np.ndarray, caption: str, names: list[str], maps: np.ndarray, relu: np.ndarray,
@@ -98,14 +106,13 @@ def plot_walkthrough(image: np.ndarray, caption: str, names: list[str], maps: np
             ax.set_title(title, fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default="outputs/convolution_demo", help="folder for the PNG figures")
+    p.add_argument("--out", default="outputs/convolution_demo",
+                   help="folder for the PNG figures: a new or empty one, or one this demo wrote before")
     p.add_argument("--num-images", type=int, default=3, help="how many test images to walk through (>= 1)")
     p.add_argument("--filters", nargs="+", default=list(DEFAULT_FILTERS), choices=sorted(FILTERS),
                    metavar="NAME", help=f"filters to apply, from: {', '.join(sorted(FILTERS))}")
@@ -114,12 +121,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.num_images < 1:
         p.error(f"--num-images must be >= 1, got {args.num_images}")
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        p.error(f"--out {out}: cannot create folder ({e.strerror})")
-    if not os.access(out, os.W_OK):
-        p.error(f"--out {out}: folder is not writable")
+    problem = unwritable(out)
+    if problem:
+        p.error(f"--out {out}: {problem}; pick another folder")
+    try:  # a new or empty folder, or one this demo wrote before: never a user's files
+        claim_folder(out, "convolution_demo", check_only=True)
+    except NotOursError as e:
+        p.error(f"--out {e}")
 
     images, captions, source = load_images(args.num_images, args.data_dir)
     print(f"images: {source}")
@@ -129,6 +137,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     pooled = max_pool(relu, window=2)  # (N, 14, 14, F)
     print(f"input {x.shape} -> feature maps {maps.shape} -> ReLU -> max pool 2x2 {pooled.shape}")
 
+    try:
+        claim_folder(out, "convolution_demo")
+    except NotOursError as e:
+        p.error(f"--out {e}")
+    except OSError as e:
+        p.error(f"--out {out}: cannot create folder ({e.strerror}); pick another folder")
     written = [out / "kernels.png"]
     plot_kernels(args.filters, written[0])
     for i, caption in enumerate(captions):

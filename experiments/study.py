@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cnn_jax.cli import main as train
-from cnn_jax.report import ReportError, write_report
+from cnn_jax.report import ReportError, check_out, write_report
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -22,11 +22,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--emnist-source", default=None, help="NIST's gzip.zip or a folder holding it (the first time)")
     p.add_argument("--with-best", action="store_true", help="also train the `best` preset on Fashion-MNIST")
     p.add_argument("--workdir", default="checkpoints", help="parent of the datasets' run folders")
-    p.add_argument("--out", default="outputs/study/report.md", help="the comparison report")
+    p.add_argument("--out", default="outputs/study/report.md",
+                   help="the comparison report, a name ending in .md (its .json and .png go beside it); not inside a "
+                        "run folder, and files that are not an earlier report of ours are never replaced")
     p.add_argument("flags", nargs="*", help="experiment flags for every run, after --")
     a = p.parse_args(argv)
     plan = [("fashion_mnist", "lab", []), *([("fashion_mnist", "best", [])] if a.with_best else []),
             ("emnist/digits", "lab", ["--source-dir", a.emnist_source] if a.emnist_source else [])]
+    try:  # before hours of training: the report's place must be fine (checked again when it is written)
+        report = check_out(a.out)["report"].parent.resolve()
+        for dataset, preset, _ in plan:
+            run_dir = (Path(a.workdir) / dataset.replace("/", "_") / preset).resolve()
+            if report == run_dir or run_dir in report.parents:
+                raise ReportError(f"--out {a.out}: inside the run folder {run_dir} this study trains; a report is "
+                                  "not part of a run and nothing was written: pick an --out outside it")
+    except ReportError as e:
+        sys.exit(f"error: {e}")
     runs = []
     for dataset, preset, more in plan:
         workdir = Path(a.workdir) / dataset.replace("/", "_")
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         result = write_report(runs, a.out)
     except ReportError as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {result['report']}, {Path(result['report']).with_suffix('.json')} and {result['figure']}")
+    print(f"wrote {result['report']}, {result['data']} and {result['figure']}")
     print(" ".join(result["conclusion"]))
     return result
 

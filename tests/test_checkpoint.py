@@ -49,7 +49,10 @@ def _interrupt(data_dir, workdir, run, sig, after_epochs, *extra) -> subprocess.
     """Start a run and send ``sig`` once ``after_epochs`` epochs are in its metrics file (and, for SIGTERM,
     once that epoch's checkpoint is written, so the signal lands inside the next epoch)."""
     cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run, *extra]
-    proc = subprocess.Popen(cmd, env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # steps slowed to >= 50 ms: an epoch (15 steps) lasts >= 0.75 s however fast the machine, so the signal,
+    # sent from outside as a user or a scheduler would, cannot miss the run
+    env = {**_env(data_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.05"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = Path(workdir) / run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

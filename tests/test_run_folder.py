@@ -3,6 +3,7 @@ Each case runs the user's command (the experiment script, ``python -m cnn_jax.in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -55,6 +56,12 @@ def _history(run_dir: Path) -> list[dict]:
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _checksums(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file below ``folder`` (folders as "dir"), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*")) if p.name not in skip}
 
 
 def _params(run_dir: Path, which="latest"):
@@ -124,8 +131,9 @@ def test_loading_never_writes_and_works_on_a_read_only_copy(fashion_tfds_dir, re
 # ---------------------------------------------------------------------- 2. one writer per folder
 def test_a_second_trainer_is_refused_and_a_dead_holder_is_taken_over(fashion_tfds_dir, tmp_path):
     long = ["--run", "r", "--epochs", "40"]
-    first = subprocess.Popen(_cmd(tmp_path, *long), env=_env(fashion_tfds_dir), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    slow = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.05"}  # >= 30 s on any machine
+    first = subprocess.Popen(_cmd(tmp_path, *long), env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     lock = tmp_path / "r" / ".lock"
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
@@ -142,7 +150,9 @@ def test_a_second_trainer_is_refused_and_a_dead_holder_is_taken_over(fashion_tfd
     assert lock.read_text() == ""  # released
 
     # what a SIGKILLed trainer leaves: a lock file naming it, no lock held
-    (tmp_path / "d").mkdir()
+    from cnn_jax.files import claim_folder
+
+    claim_folder(tmp_path / "d", "run")  # a new run's first file
     (tmp_path / "d" / ".lock").write_text("host elsewhere, PID 999999\n")
     out = _run(fashion_tfds_dir, tmp_path, "--run", "d")
     assert "took over the lock of a process that is gone (host elsewhere, PID 999999)" in out.stdout
@@ -159,14 +169,31 @@ def test_missing_config_json_still_refuses_another_config(fashion_tfds_dir, refe
     assert _snapshot(run_dir) == before
 
 
-def test_a_folder_that_is_not_a_run_is_never_written_into(fashion_tfds_dir, tmp_path):
+@pytest.mark.parametrize("files", [
+    {"config.json": '{"mine": true}', "notes.txt": "keep me"},  # a user's config.json beside their files
+    {"results.json": "my own results"}, {"metrics.jsonl": "{}\n"}, {"figures/mine.png": "png"},
+    {"ckpt/1/data": "mine"}, {".lock": ""}], ids=["config", "results", "metrics", "figures", "ckpt", "lock"])
+def test_a_folder_that_is_not_a_run_is_never_written_into(fashion_tfds_dir, tmp_path, files):
+    """Ours is decided by the marker only we write, not by file names."""
     victim = tmp_path / "lab"
-    victim.mkdir()
-    (victim / "results.json").write_text("my own results")
-    (victim / "notes.txt").write_text("keep me")
-    before = _snapshot(victim)
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, code=1), "holds files that are not a cnn_jax run")
-    assert _snapshot(victim) == before
+    for name, text in files.items():
+        (victim / name).parent.mkdir(parents=True, exist_ok=True)
+        (victim / name).write_text(text)
+    before = _checksums(victim)
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, code=1), "holds files that cnn_jax did not write")
+    assert _checksums(victim) == before
+
+
+def test_a_run_of_an_older_version_is_recognised_by_its_checkpoint_digests(fashion_tfds_dir, reference, tmp_path):
+    from cnn_jax.checkpoint import DIGEST, _file_digest
+    from cnn_jax.files import MARKER, owner
+
+    run_dir = _copy(reference, tmp_path)
+    (run_dir / MARKER).unlink()  # runs from before the marker: their checkpoints carry file digests
+    for step in (run_dir / "ckpt").iterdir():
+        (step / DIGEST).write_text(json.dumps(_file_digest(step)))
+    out = _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4")
+    assert "is already complete" in out.stdout and owner(run_dir) == "run"
 
 
 # -------------------------------------------------------------------------- 4, 5, 8. verified checkpoints
@@ -191,13 +218,52 @@ def test_flipped_bytes_are_detected_and_load_falls_back(reference, tmp_path, whi
     run_dir = _copy(reference, tmp_path)
     target = load(run_dir, which).step
     _damage(run_dir / "ckpt" / str(target), how="flip")
-    with pytest.warns(UserWarning, match=r"is damaged .*differ from when it was saved"):
+    with pytest.warns(UserWarning, match=r"is damaged .*differs? from when it was saved"):
         lm = load(run_dir, which)
     assert lm.step != target and lm.step in (SPE, 2 * SPE)
     assert np.isfinite(lm.logits(np.zeros((4, 28, 28, 1), np.uint8))).all()
     with pytest.raises(ValueError, match="NaN or infinite"):
         lm.predict(np.full((2, 28, 28, 1), np.nan, np.float32))
     assert lm.predict(np.zeros((0, 28, 28, 1), np.uint8)).shape == (0,)
+
+
+def test_the_checkpoint_saved_just_before_a_sigkill_is_verified(fashion_tfds_dir, tmp_path):
+    """A checkpoint's digest is written with it: the newest one at a SIGKILL is verified too."""
+    env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_SIGNAL_AT": f"{SPE + 3}:SIGKILL", "CNN_JAX_TEST_STEP_SECONDS": "0.2"}
+    out = subprocess.run(_cmd(tmp_path, "--run", "k"), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    run_dir = tmp_path / "k"
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == [str(SPE)]  # the only one, never closed
+    _damage(run_dir / "ckpt" / str(SPE), how="flip")
+    before = _checksums(run_dir, skip=(".lock",))
+    out = _run(fashion_tfds_dir, tmp_path, "--run", "k", code=1)
+    _one_line_error(out, "no usable checkpoint")
+    assert "differs from when it was saved" in out.stderr
+    assert _checksums(run_dir, skip=(".lock",)) == before  # refused, not resumed, nothing rewritten
+
+
+def test_unreadable_checkpoint_records_without_config_json_are_one_line(fashion_tfds_dir, reference, tmp_path):
+    run_dir = _copy(reference, tmp_path)
+    (run_dir / "config.json").unlink()
+    for meta in (run_dir / "ckpt").glob("*/meta/metadata"):
+        meta.write_text('{"truncated": ')
+    before = _checksums(run_dir)
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", code=1),
+                    "the config of its checkpoints cannot be read")
+    assert _checksums(run_dir) == before
+
+
+# ------------------------------------------------------------------- the same command, the same numbers
+def _results(run_dir: Path) -> dict:
+    """results.json apart from timings, host and paths."""
+    return {k: v for k, v in json.loads((run_dir / "results.json").read_text()).items()
+            if k not in ("wall_seconds", "train_seconds", "images_per_s", "host", "run_dir", "figures")}
+
+
+def test_epoch_metrics_do_not_depend_on_chunking(fashion_tfds_dir, reference, tmp_path):
+    _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--steps-per-chunk", "7")  # 7, 7, 1 per epoch
+    assert _history(tmp_path / "ref") == _history(reference)  # train_loss to the last digit
+    assert _results(tmp_path / "ref") == _results(reference)
 
 
 # --------------------------------------------------------------------------- 10. one line, not a traceback
@@ -208,6 +274,13 @@ def test_errors_are_one_line(fashion_tfds_dir, tmp_path):
                code=3)
     assert "no checkpoint had been saved yet" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.glob("lab*"))
+
+
+def test_flags_checked_before_anything_is_written(fashion_tfds_dir, tmp_path):
+    out = _run(fashion_tfds_dir, tmp_path, "--conv-dropout", "0.1", code=2)  # lab_cnn has no conv dropout
+    _one_line_error(out, "--conv-dropout: model 'lab_cnn' has no conv_dropout parameter")
+    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--seed", str(2**40), code=2), "--seed must be in [0, 4294967296)")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_results_and_config_are_written_again(fashion_tfds_dir, reference, tmp_path):
@@ -230,7 +303,14 @@ def test_damaged_prepared_data_is_one_line(fashion_tfds_dir, tmp_path):
     _one_line_error(out, "the prepared dataset is damaged")
 
 
-def test_disk_full_keeps_the_saved_checkpoints(fashion_tfds_dir, reference, tmp_path):
+# the disk fills while Orbax writes in the background: the pre-check is told there is room (as when another
+# program fills the disk after it), so Orbax's writer threads meet the full disk
+_BACKGROUND = ("import sys, cnn_jax.checkpoint as c; c._free_bytes = lambda d: 2**50; from cnn_jax.cli import main; "
+               "main('fashion_mnist', sys.argv[1:])")
+
+
+@pytest.mark.parametrize("where", ["before the save", "during the background write"])
+def test_disk_full_keeps_the_saved_checkpoints(fashion_tfds_dir, reference, tmp_path, where):
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
@@ -242,10 +322,15 @@ def test_disk_full_keeps_the_saved_checkpoints(fashion_tfds_dir, reference, tmp_
         (disk / "ref" / "results.json").unlink()
         (disk / "fill").write_bytes(b"\0" * (8 * 2**20 - sum(p.stat().st_size for p in disk.rglob("*")
                                                               if p.is_file()) - 64 * 1024))
-        before = _snapshot(disk / "ref" / "ckpt")
-        out = _run(fashion_tfds_dir, disk, "--run", "ref", "--keep", "4", code=1)
+        before = _checksums(disk / "ref" / "ckpt")
+        cmd = _cmd(disk, "--run", "ref", "--keep", "4")
+        if where != "before the save":
+            cmd[1:2] = ["-c", _BACKGROUND]
+        out = subprocess.run(cmd, env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 1, out.stderr[-3000:]
         _one_line_error(out, "no space left")
-        assert _snapshot(disk / "ref" / "ckpt") == before  # the earlier checkpoint intact, no temporary left
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]  # no logged tracebacks either
+        assert _checksums(disk / "ref" / "ckpt") == before  # the earlier checkpoint intact, no temporary left
     finally:
         subprocess.run(["umount", str(disk)])
 
@@ -255,8 +340,9 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
                                                                              tmp_path):
     rng = random.Random(0)
     kills = 0
+    env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.1"}  # >= 3 s of training on any machine
     while kills < 10:
-        proc = subprocess.Popen(_cmd(tmp_path, "--run", "ref", "--keep", "4"), env=_env(fashion_tfds_dir),
+        proc = subprocess.Popen(_cmd(tmp_path, "--run", "ref", "--keep", "4"), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(2.0, 10.0))
         if proc.poll() is not None:  # finished before this moment: start the count again from a fresh run

@@ -18,13 +18,14 @@ from cnn_jax.data.augment import (
 from cnn_jax.data.builders import prepare
 from cnn_jax.data.idx import IdxError, parse_idx, read_idx
 from cnn_jax.data.loading import ArraySplit, Splits, load, split_validation
-from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonical_name
+from cnn_jax.data.sources import DataDirError, DatasetNotFoundError, DataSourceError, canonical_name
 
 __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_AUGMENT",
     "NORM_STATS",
     "ArraySplit",
+    "DataDirError",
     "DataSourceError",
     "DatasetNotFoundError",
     "IdxError",

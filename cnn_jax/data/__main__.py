@@ -3,6 +3,7 @@
 Prepares ``fashion_mnist`` or ``emnist/digits`` (aliases accepted) as array_record under the TFDS data
 dir (``--data-dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``) without TensorFlow, then
 decodes it once into the cache ``load`` uses. Progress bars come from TFDS's writer and the decoder.
+Errors are one line (exit 1); Ctrl-C says what was kept (exit 130).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from cnn_jax.data.builders import prepare
+from cnn_jax.data.builders import builder_for, prepare
 from cnn_jax.data.idx import IdxError
-from cnn_jax.data.loading import load
+from cnn_jax.data.loading import CACHE_NAME, load
 from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonical_name
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true",
                    help="skip checksums and expected counts (custom/synthetic files)")
     args = parser.parse_args(argv)
+    name = args.name
     try:
         name = canonical_name(args.name)
         t0 = time.perf_counter()
@@ -40,12 +43,30 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         splits = load(name, data_dir=args.data_dir, val_size=0, progress=True)
         t2 = time.perf_counter()
-    except (DatasetNotFoundError, DataSourceError, IdxError, ValueError) as e:
+    except (DatasetNotFoundError, DataSourceError, IdxError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{name}: prepared at {path} ({t1 - t0:.1f}s), decoded cache ready ({t2 - t1:.1f}s): "
+    except KeyboardInterrupt:
+        print(_interrupted(name, args.data_dir), file=sys.stderr)
+        return 130
+    cache = "decoded cache ready" if (path / CACHE_NAME).is_file() else "decoded, cache not written (see above)"
+    print(f"{name}: prepared at {path} ({t1 - t0:.1f}s), {cache} ({t2 - t1:.1f}s): "
           f"{len(splits.train)} train, {len(splits.test)} test examples")
     return 0
+
+
+def _interrupted(name: str, data_dir: str | None) -> str:
+    """The line for a Ctrl-C: what was kept (prepare/load cleaned up before the interrupt reached here)."""
+    try:
+        builder = builder_for(name, data_dir)
+        if builder.is_prepared() and (Path(builder.data_path) / CACHE_NAME).is_file():
+            return f"interrupted; {name} is prepared and decoded in {builder.data_path}, nothing was changed"
+        if builder.is_prepared():
+            return (f"interrupted; {name} is prepared in {builder.data_path} but its decoded cache was not written; "
+                    "run the same command again to finish")
+    except Exception:  # noqa: BLE001 - an unknown name, an unusable data dir: nothing was prepared
+        pass
+    return f"interrupted while preparing {name}; nothing was kept; run the same command again"
 
 
 if __name__ == "__main__":

@@ -17,11 +17,19 @@ transpose once here, so the prepared images are upright, and record ``{"cnn_jax_
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import io
+import logging
 import os
+import shutil
+import signal
 import socket
 import threading
+import types
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,7 @@ from tensorflow_datasets.image_classification import mnist as _tfds_mnist
 
 from cnn_jax.data.sources import (
     DATASETS,
+    DataDirError,
     DatasetNotFoundError,
     DataSourceError,
     canonical_name,
@@ -39,10 +48,25 @@ from cnn_jax.data.sources import (
     read_source,
 )
 
-__all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "builder_for", "default_data_dir",
-           "download_urls", "not_found_message", "prepare", "unreachable"]
+__all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "builder_for", "check_data_dir",
+           "check_interrupt", "default_data_dir", "download_urls", "interruptible", "not_found_message", "prepare",
+           "unreachable"]
 
 ORIENTATION_KEY = "cnn_jax_orientation"
+
+
+class _NoMissingVariantWarning(logging.Filter):
+    """Drops TFDS's "Variant folder X has no dataset_info.json" for a folder that does not exist at all: it is
+    logged whenever a dataset is merely not prepared yet (the usual case before preparing), and is noise in
+    a one-line error. A folder that exists but lacks the file (damaged) still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Variant folder %s has no") and args
+                    and not os.path.exists(os.fspath(args[0])))
+
+
+logging.getLogger("absl").addFilter(_NoMissingVariantWarning())
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -50,6 +74,142 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     return Path(data_dir).expanduser()
+
+
+def _named(data_dir: str | os.PathLike | None, folder: str = "a folder") -> tuple[str, str]:
+    """How the user named the data dir (for messages), and how to name another one, ``folder``."""
+    root = default_data_dir(data_dir)
+    if data_dir is not None:
+        return f"--data-dir {root}", f"pass {folder} as --data-dir"
+    if os.environ.get("TFDS_DATA_DIR"):
+        return f"TFDS_DATA_DIR={root}", f"set TFDS_DATA_DIR to {folder} (or unset it: ~/tensorflow_datasets)"
+    return f"data dir {root} (the default, ~/tensorflow_datasets)", f"pass {folder} as --data-dir"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a parent that may not be searched
+        return False
+
+
+def _not_writable(path: Path) -> str:
+    """Why ``path`` (an existing folder that ``os.access`` says is not writable) is not."""
+    try:
+        read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    return "on a read-only file system" if read_only_fs else "not writable by this user"
+
+
+def check_data_dir(data_dir: str | os.PathLike | None, name: str, *, write: bool) -> Path:
+    """The data dir (``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), checked.
+
+    Reading (``write=False``) needs only that it is, or could become, a folder. Preparing ``name`` there
+    (``write=True``) also needs it writable, or, when it does not exist yet, its nearest existing parent
+    writable (the missing folders are then created, as TFDS does). A read-only data dir that already holds
+    the prepared dataset is fine for reading. Anything else raises :class:`DataDirError`: one line naming
+    the folder, the problem and the fix. Fast: a few ``stat`` calls, nothing is written.
+    """
+    root = default_data_dir(data_dir)
+    named, other = _named(data_dir)
+    _, other_writable = _named(data_dir, "a writable folder")
+    if root.is_symlink() and not _exists(root):
+        raise DataDirError(f"{named}: a broken symbolic link (to {os.readlink(root)}); {other}, or fix the link")
+    existing = root
+    while not _exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing == root and not root.is_dir():
+        raise DataDirError(f"{named}: not a folder (it is a file); {other}")
+    if not existing.is_dir():
+        raise DataDirError(f"{named}: cannot be created, {existing} is a file, not a folder; {other}")
+    if existing == root and not os.access(root, os.R_OK | os.X_OK):
+        raise DataDirError(f"{named}: not readable by this user; {other}, or fix its permissions")
+    if write and not os.access(existing, os.W_OK):
+        problem = _not_writable(existing)
+        if existing != root:
+            raise DataDirError(f"{named}: cannot be created, {existing} is {problem}; {other_writable}")
+        raise DataDirError(f"{named}: {name} is not prepared there and the folder is {problem}; {other_writable}, "
+                           f"or prepare {name} there once as a user who can write to it (python -m cnn_jax.data "
+                           f"prepare {name} --data-dir {root})")
+    return root
+
+
+def _missing_dirs(*paths: Path) -> list[Path]:
+    """The folders among ``paths`` and their parents that do not exist yet, deepest first."""
+    out: set[Path] = set()
+    for path in paths:
+        while not _exists(path) and path != path.parent:
+            out.add(path)
+            path = path.parent
+    return sorted(out, key=lambda p: len(p.parts), reverse=True)
+
+
+def _clean_up(builder: tfds.core.DatasetBuilder, created: list[Path]) -> None:
+    """After a failed or interrupted preparation: remove the ``incomplete.*`` folder it was writing (TFDS
+    removes it itself, unless interrupted again meanwhile), then the folders it created that are still empty
+    (``os.rmdir`` never removes anything else). Best effort; other processes' folders are not touched."""
+    tmp = getattr(builder, "_cnn_incomplete", None)
+    if tmp is not None and tmp.name.startswith("incomplete."):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------- Ctrl-C
+_interrupt_requested = False
+
+
+def _where_it_would_be_lost(frame: types.FrameType | None) -> bool:
+    """Whether a ``KeyboardInterrupt`` raised in ``frame`` would be swallowed by CPython: in a garbage-collector
+    callback (JAX registers one) or a ``__del__``, it is printed as a traceback and then ignored."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C came within :func:`interruptible` and has not surfaced yet."""
+    if _interrupt_requested:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within: Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` as usual, and is never lost.
+
+    Without this, a Ctrl-C that lands while the garbage collector runs JAX's callback (about one in ten
+    while preparing Fashion-MNIST) prints a traceback and is then ignored: the preparation carries on. Here
+    it is recorded, raised at once where that is safe, else at the next :func:`check_interrupt` (once per
+    example prepared, per chunk decoded) or on leaving. Only where SIGINT has Python's default handler, in
+    the main thread: a caller's own handler (the trainer's), or SIGINT ignored (``nohup``), is left alone.
+    """
+    global _interrupt_requested
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def on_sigint(signum: int, frame: types.FrameType | None) -> None:
+        global _interrupt_requested
+        _interrupt_requested = True
+        if not _where_it_would_be_lost(frame):
+            raise KeyboardInterrupt
+
+    _interrupt_requested = False
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+        check_interrupt()  # one that came after the last check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupt_requested = False
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -123,6 +283,8 @@ class _TfFreeMixin:
         raise NotImplementedError
 
     def _split_generators(self, dl_manager):
+        # TFDS prepares in a temporary incomplete.* folder (data_dir while this runs): ours, to clean up.
+        self._cnn_incomplete = Path(os.fspath(self.data_dir))
         source = self._cnn_source if self._cnn_source is not None else self._download(dl_manager)
         arrays = read_source(self._cnn_name, source, verify=self._cnn_verify,
                              progress=lambda where: print(f"reading {where}", flush=True))
@@ -133,6 +295,7 @@ class _TfFreeMixin:
         if self._cnn_transpose:
             images = images.transpose(0, 2, 1)
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            check_interrupt()
             yield index, {"image": _png(np.ascontiguousarray(image)), "label": int(label)}
 
 
@@ -212,12 +375,17 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     ``download=False``; otherwise (or when the hosts cannot be reached within seconds)
     :class:`DatasetNotFoundError`. Bad raw files raise
     :class:`DataSourceError`/``IdxError`` naming the file. ``verify=False`` skips checksums and expected
-    counts (synthetic/test data).
+    counts (synthetic/test data). A data dir that is not a folder, or not writable when the dataset must be
+    prepared, raises :class:`DataDirError` before anything is read; a missing one is created. A failure or
+    Ctrl-C (``KeyboardInterrupt``, propagated) removes the ``incomplete.*`` folder and the folders this call
+    created, so nothing that counts as prepared, and nothing else new, is left.
     """
     spec = DATASETS[canonical_name(name)]
+    check_data_dir(data_dir, spec.name, write=False)
     probe = builder_for(spec.name, data_dir)
     if probe.is_prepared():
         return Path(probe.data_path)
+    root = check_data_dir(data_dir, spec.name, write=True)
     source = find_source(spec.name, source_dir)
     if source is None:
         why = "not allowed (--no-download / download=False)" if not download else unreachable(
@@ -228,18 +396,41 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
         print(f"{spec.name}: downloading {', '.join(download_urls(spec.urls))} (TFDS's download manager, "
               "registered checksums; --no-download turns this off)", flush=True)
     builder = builder_for(spec.name, data_dir, source=source, verify=verify)
+    path = Path(builder.data_path)
+    created = _missing_dirs(root / "downloads" / "extracted", path.parent)
+    try:  # a failure or Ctrl-C leaves nothing behind but folders that already existed
+        with interruptible():
+            _download_and_prepare(builder, spec.name, source, root, _named(data_dir, "another folder")[1])
+    except BaseException:
+        _clean_up(builder, created)
+        raise
+    if not builder.is_prepared():  # pragma: no cover - TFDS renames only on success
+        raise DataSourceError(f"{path}: preparation did not complete")
+    return path
+
+
+def _download_and_prepare(builder: tfds.core.DatasetBuilder, name: str, source: Path | None, root: Path,
+                          other: str) -> None:
+    """TFDS's ``download_and_prepare`` (which prepares in an ``incomplete.*`` folder renamed into place when
+    complete), with its errors turned into one-line ones."""
+    spec = DATASETS[name]
     try:
         builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
             try_download_gcs=False, force_checksums_validation=source is None))
     except tfds.download.DownloadError as e:  # e.g. a 404, or the connection dropped
-        raise DatasetNotFoundError(not_found_message(spec.name, Path(probe.data_path), list(spec.default_dirs),
+        raise DatasetNotFoundError(not_found_message(name, Path(builder.data_path), list(spec.default_dirs),
                                                      f"failed ({str(e).strip().splitlines()[0][:200]})")) from None
     except NonMatchingChecksumError as e:
-        raise DataSourceError(f"a downloaded file of {spec.name} failed its registered checksum "
+        raise DataSourceError(f"a downloaded file of {name} failed its registered checksum "
                               f"({str(e).strip().splitlines()[0][:200]}); nothing was prepared: the server "
                               "(or a proxy/mirror) sent other bytes, try again later or fetch the files by hand "
                               "(--from DIR)") from None
-    path = Path(builder.data_path)
-    if not builder.is_prepared():  # pragma: no cover - TFDS renames only on success
-        raise DataSourceError(f"{path}: preparation did not complete")
-    return path
+    except DatasetNotFoundError:
+        raise
+    except OSError as e:  # disk full, a folder made read-only meanwhile, a file where a folder must go...
+        what = f"{e.strerror} ({e.filename})" if e.strerror and e.filename else (e.strerror or str(e))
+        ours = e.filename is not None and Path(os.fspath(e.filename)).is_relative_to(root)
+        fix = (f"free some space, or {other}" if e.errno == errno.ENOSPC else
+               f"fix that and run again, or {other}" if ours else "fix that and run again")
+        raise DataDirError(f"cannot prepare {name} in {root}: {what.splitlines()[0][:300]}; nothing was "
+                           f"prepared; {fix}") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn_jax.data.builders import ORIENTATION_KEY, default_data_dir, prepare
+from cnn_jax.data.builders import ORIENTATION_KEY, check_data_dir, check_interrupt, interruptible, prepare
 from cnn_jax.data.sources import DataSourceError, canonical_name
 
 __all__ = ["ArraySplit", "Splits", "load", "CACHE_NAME", "split_validation"]
@@ -100,11 +100,14 @@ def _read_cache(path: Path, fingerprint: str | None) -> dict[str, np.ndarray] | 
 
 
 def _write_cache(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write the npz atomically: a temp file in the same directory, then ``os.replace``."""
+    """Write the npz atomically: a temp file in the same directory (removed on any failure, Ctrl-C included),
+    flushed to disk, then ``os.replace``: readers see the old file or the whole new one, never a part."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, fingerprint=np.array(fingerprint), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -122,20 +125,23 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=f"decoding {what}", unit="ex")
-    for start in range(0, n, _CHUNK):
-        idx = list(range(start, min(n, start + _CHUNK)))
-        try:
-            batch = source.__getitems__(idx)
-        except (AttributeError, TypeError):  # no batched read (e.g. tfds.testing.mock_data's data source)
-            batch = [source[i] for i in idx]
-        for j, ex in enumerate(batch):
-            image = np.asarray(ex["image"])
-            images[start + j] = image.reshape(28, 28, 1) if image.size == 784 else image
-            labels[start + j] = ex["label"]
+    try:
+        for start in range(0, n, _CHUNK):
+            check_interrupt()
+            idx = list(range(start, min(n, start + _CHUNK)))
+            try:
+                batch = source.__getitems__(idx)
+            except (AttributeError, TypeError):  # no batched read (e.g. tfds.testing.mock_data's data source)
+                batch = [source[i] for i in idx]
+            for j, ex in enumerate(batch):
+                image = np.asarray(ex["image"])
+                images[start + j] = image.reshape(28, 28, 1) if image.size == 784 else image
+                labels[start + j] = ex["label"]
+            if bar is not None:
+                bar.update(len(idx))
+    finally:  # also on Ctrl-C: end the bar's line, so that what is printed next starts a line
         if bar is not None:
-            bar.update(len(idx))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return images, labels
 
 
@@ -177,9 +183,13 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     Raises:
       DatasetNotFoundError: not prepared, no local files, download not allowed or hosts unreachable.
       DataSourceError / IdxError: bad raw files (naming the file).
+      DataDirError: the data dir is not a folder, or is not writable when the dataset must be prepared
+        there (a read-only data dir holding the prepared dataset is read as is; the decode cache is then
+        not written, with a warning).
+      KeyboardInterrupt: propagated, after removing what the interrupted preparation had written.
     """
     name = canonical_name(name)
-    root = default_data_dir(data_dir)
+    root = check_data_dir(data_dir, name, write=False)  # not a folder: one line (preparing checks writes)
     builder = tfds.builder(name, data_dir=os.fspath(root))
     if not builder.is_prepared():
         prepare(name, source_dir=source_dir, data_dir=root, download=download, verify=verify)
@@ -193,17 +203,21 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     cache = data_path / CACHE_NAME
     arrays = _read_cache(cache, fingerprint)
     if arrays is None:
-        arrays = _decode(name, root, data_path, progress)
+        with interruptible():  # Ctrl-C is never lost (see there)
+            arrays = _decode(name, root, data_path, progress)
         upright = name.startswith("emnist") and builder.info.metadata is not None and (
             builder.info.metadata.get(ORIENTATION_KEY) == "upright")
         if name.startswith("emnist") and not upright:  # stock TFDS preparation: raw (transposed) images
             for split in ("train", "test"):
                 images = arrays[f"{split}_images"]
                 arrays[f"{split}_images"] = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
-        if fingerprint is not None:
+        if fingerprint is not None and not os.access(data_path, os.W_OK):  # a read-only shared data dir
+            warnings.warn(f"{cache}: cannot write the decoded cache ({data_path} is read-only); the dataset is "
+                          "used as is, and each load decodes it again", stacklevel=2)
+        elif fingerprint is not None:
             try:
                 _write_cache(cache, fingerprint, arrays)
-            except OSError as e:  # e.g. a read-only shared data dir: still usable, just not cached
+            except OSError as e:  # e.g. the disk is full: still usable, just not cached
                 warnings.warn(f"{cache}: cannot write the decoded cache ({e}); loads will decode again",
                               stacklevel=2)
     train, val, _ = split_validation(arrays["train_images"], arrays["train_labels"], val_size, seed)

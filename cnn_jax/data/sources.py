@@ -22,6 +22,7 @@ from cnn_jax.data.idx import gunzip, parse_idx
 
 __all__ = [
     "DATASETS",
+    "DataDirError",
     "DataSourceError",
     "DatasetNotFoundError",
     "DatasetSpec",
@@ -36,6 +37,11 @@ _KINDS = ("train_images", "train_labels", "test_images", "test_labels")
 
 class DataSourceError(ValueError):
     """A raw file that is missing, corrupt, inconsistent or fails its checksum."""
+
+
+class DataDirError(DataSourceError):
+    """The TFDS data dir cannot be used: not a folder, unreadable, or not writable when something must be
+    written there (preparing a dataset); the message names the folder, the problem and the fix."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
