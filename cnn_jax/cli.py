@@ -27,7 +27,9 @@ _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta"
                              "batch norm", "train.batch_size": "global batch",
          "data.download": "download the dataset when it is neither prepared nor found locally (default)",
          "run.progress": "a progress bar on a terminal (plain lines otherwise)",
-         "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap"}
+         "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap",
+         "train.ema": "decay of a moving average of the weights used to evaluate and predict (none: off)",
+         "run.test": "evaluate the test split at the end (default); --no-test for recipe searches"}
 
 
 def _bool(text: str) -> bool:

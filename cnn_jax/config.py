@@ -147,7 +147,9 @@ class TrainConfig(_Section):
     accumulation slice dividing the batch (None or 0: off; batch norm then sees micro-batch statistics);
     ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.train.resolve_microbatch`: on CPU
     16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
-    keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights."""
+    keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights.
+    ``ema``: decay of an exponential moving average of the weights, kept in the optimizer state and used for
+    every evaluation and prediction (None: off)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -163,6 +165,7 @@ class TrainConfig(_Section):
     seed: int = 0
     microbatch: int | str | None = AUTO
     early_stopping_patience: int | None = None
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         _check_choices("train", self)
@@ -182,6 +185,7 @@ class TrainConfig(_Section):
         _check("train", "early_stopping_patience", self.early_stopping_patience is None
                or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
         _check("train", "seed", 0 <= self.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})", self.seed)
+        _check("train", "ema", self.ema is None or 0 < self.ema < 1, "must be in (0, 1) (or none: off)", self.ema)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
         _check("train", "microbatch", auto or (isinstance(self.microbatch, int | None) and (self.microbatch or 1) > 0),
                "must be auto or a number >= 0 (0: off)", self.microbatch)
@@ -197,7 +201,8 @@ class RunConfig(_Section):
     ``distributed``: ``jax.distributed.initialize`` first (also env ``CNN_JAX_DISTRIBUTED=1`` or
     ``CNN_JAX_COORDINATOR``, or a cluster JAX detects). ``steps_per_chunk``: steps per compiled call (None: as
     many as take about a second, measured; progress and stop requests are seen between calls). ``keep``: latest
-    checkpoints kept besides the best."""
+    checkpoints kept besides the best. ``test``: evaluate the test split when training ends (off for recipe
+    searches, which must see validation only: the figures then use the validation split)."""
 
     parallelism: str = "none"
     distributed: bool = False
@@ -206,6 +211,7 @@ class RunConfig(_Section):
     keep: int = 2
     progress: bool = True
     track_test: bool = False
+    test: bool = True
 
     def __post_init__(self) -> None:
         _check_choices("run", self)
@@ -222,6 +228,10 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
+
+    def __post_init__(self) -> None:
+        if not self.run.test and self.data.val_size == 0:
+            raise ConfigError("--no-test needs a validation split to evaluate instead: set --val-size > 0")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict (tuples as lists), as stored in ``config.json`` and every checkpoint."""
@@ -258,13 +268,14 @@ def _convert(tp: Any, value: Any) -> Any:
 
 
 def differences(saved: dict[str, Any], current: Config) -> list[str]:
-    """``"section.field: saved X, now Y"`` for every field that defines the run (not ``run.*``/runtime)."""
-    now = current.to_dict()
+    """``"section.field: saved X, now Y"`` for every field that defines the run (not ``run.*``/runtime). A field
+    that a run's record lacks (added since) counts as its default."""
+    now, defaults = current.to_dict(), Config().to_dict()
     out = []
     for section in ("data", "model", "train"):
         runtime = {f.name for f in dataclasses.fields(getattr(current, section)) if f.metadata.get("runtime")}
         for key, value in now[section].items():
-            old = saved.get(section, {}).get(key, "<absent>")
+            old = saved.get(section, {}).get(key, defaults[section][key])
             if key not in runtime and old != value:
                 out.append(f"{section}.{key}: saved {old!r}, now {value!r}")
     return out

@@ -24,7 +24,7 @@ from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
 from cnn_jax.config import Config
 from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
 from cnn_jax.train import CKPT_SUBDIR, build_model
-from cnn_jax.train_state import model_variables
+from cnn_jax.train_state import eval_params, model_variables
 
 __all__ = ["LoadedModel", "load", "read_image", "LIGHT_ON_DARK", "SHRINK_FACTOR"]
 
@@ -108,7 +108,7 @@ def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
     config = Config.from_dict(restored.meta["config"])
     dataset = restored.meta["dataset"]
     state = restored.state
-    variables = model_variables(state["params"], state.get("batch_stats"))
+    variables = model_variables(eval_params(state["params"], state.get("opt_state")), state.get("batch_stats"))
     return LoadedModel(build_model(config, dataset["num_classes"]), jax.device_put(variables), config,
                        restored.meta, restored.step, tuple(dataset["class_names"]))
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
-__all__ = ["Conv", "LabCNN", "BNCNN", "MODELS", "get_model", "register_model"]
+__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model"]
 
 
 class Conv(nn.Module):
@@ -103,7 +103,46 @@ class BNCNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN}
+class ResNet(nn.Module):
+    """A small residual CNN in the shape of the DAWNBench ResNet-9 (Myrtle), sized for 28x28 inputs.
+
+    Stem: Conv(``widths[0]``, 3x3, SAME) -> BN -> ReLU. Then for each later width ``w`` (stage ``i`` = 1, 2, ...):
+    Conv(w) -> MaxPool 2 -> BN -> ReLU (28 -> 14 -> 7 -> 3), and on the stages in ``residual`` a block
+    ``x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))``. Then global max pool -> Dropout -> Dense(num_classes), the logits
+    multiplied by ``logit_scale`` (small logits train faster with a high learning rate). Convs have no bias.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128, 256)
+    residual: Sequence[int] = (1, 3)
+    dropout: float = 0.0
+    logit_scale: float = 0.125
+    impl: str | None = None
+    bn_axis_name: str | None = None
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def conv_bn(y, w):
+            y = Conv(w, padding="SAME", use_bias=False, impl=self.impl)(y)
+            return y, nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                                   axis_name=self.bn_axis_name, dtype=y.dtype)
+
+        y, bn = conv_bn(x, self.widths[0])
+        x = nn.relu(bn(y))
+        for i, w in enumerate(self.widths[1:], start=1):
+            y, bn = conv_bn(x, w)
+            x = nn.relu(bn(max_pool(y, 2, impl=self.impl)))
+            if i in self.residual:
+                y, bn = conv_bn(x, w)
+                y, bn2 = conv_bn(nn.relu(bn(y)), w)
+                x = x + nn.relu(bn2(y))
+        x = jnp.max(x, axis=(1, 2))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x) * self.logit_scale
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN, "resnet": ResNet}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:

@@ -49,7 +49,7 @@ from cnn_jax.config import AUTO, Config, differences
 from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
-from cnn_jax.train_state import TrainState, create_train_state, make_optimizer, make_schedule
+from cnn_jax.train_state import TrainState, create_train_state, eval_params, make_optimizer, make_schedule
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
            "saved_config", "has_checkpoints", "CKPT_SUBDIR", "CONFIG_FILE"]
@@ -203,6 +203,7 @@ class Trainer:
 
         def fn(state, images, labels):
             self.trace_counts["evaluate"] += 1
+            state = state.replace(params=eval_params(state.params, state.opt_state))  # the weights' average
             return evaluate(state, images, labels, **kw)
 
         rep = parallel.replicated(self.mesh)
@@ -351,8 +352,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                                                test if config.run.track_test else None, run_dir, ckpt, save,
                                                stop, is_main)
         ckpt.wait()
-        results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early, test,
-                          time.perf_counter() - t_start, is_main)
+        results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early,
+                          test if config.run.test else val, time.perf_counter() - t_start, is_main)
         finished = True
     except Exception as e:  # the disk filled up while Orbax (in the background) or we were writing
         if not is_disk_full(e):
@@ -549,18 +550,21 @@ def _stalled(history: list[dict[str, Any]], patience: int | None) -> bool:
 
 # ------------------------------------------------------------------------------------------- results
 def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Trainer, state, history,
-            stopped_early: bool, test, wall: float, is_main: bool) -> dict[str, Any]:
-    """Test metrics, ``results.json`` and figures (process 0) for a finished run."""
+            stopped_early: bool, held_out, wall: float, is_main: bool) -> dict[str, Any]:
+    """Test metrics, ``results.json`` and figures (process 0) for a finished run. ``held_out``: the test split,
+    or with ``run.test`` off the validation split (the confusion matrix and figures; no test figures)."""
     from cnn_jax import plots
     from cnn_jax.data import normalize
     from cnn_jax.steps import eval_logits
 
-    ev = trainer.evaluate(state, trainer.put_data(test.images, test.labels, for_eval=True))
+    on_test = config.run.test
+    ev = trainer.evaluate(state, trainer.put_data(held_out.images, held_out.labels, for_eval=True))
     last = history[-1] if history else {}
     confusion = np.asarray(ev["confusion"])
     per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
     host = trainer.host_state(state)
-    logits = eval_logits(trainer.model, host.params, host.batch_stats, normalize(test.images[:64], config.data.dataset),
+    params = eval_params(host.params, host.opt_state)
+    logits = eval_logits(trainer.model, params, host.batch_stats, normalize(held_out.images[:64], config.data.dataset),
                          config.data.tta, COMPUTE_DTYPES[config.train.precision])
     with_val = [h for h in history if h.get("val_accuracy") is not None]
     best = max(with_val, key=lambda h: h["val_accuracy"]) if with_val else None
@@ -570,7 +574,9 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
         "dataset": config.data.dataset, "model": config.model.name, "epochs": len(history),
         "stopped_early": stopped_early, **{k: last.get(k) for k in ("train_loss", "train_accuracy", "val_loss",
                                                                       "val_accuracy")},
-        "test_loss": float(ev["loss"]), "test_accuracy": float(ev["accuracy"]),
+        "test_loss": float(ev["loss"]) if on_test else None,
+        "test_accuracy": float(ev["accuracy"]) if on_test else None,
+        "confusion_split": "test" if on_test else "val",
         "best_epoch": best["epoch"] if best else None, "best_val_accuracy": best["val_accuracy"] if best else None,
         "per_class_accuracy": dict(zip(names, per_class, strict=True)), "confusion_matrix": confusion.tolist(),
         "class_names": names, "wall_seconds": wall, "train_seconds": sum(h.get("seconds", 0) for h in history),
@@ -581,12 +587,13 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
         "versions": _versions(), "host": platform.node(), "run_dir": str(run_dir),
     }
     if is_main:
-        figures = plots.write_run_figures(run_dir / "figures", history, confusion, names, test,
-                                          np.asarray(np.argmax(logits, -1)), host.params, config.data.dataset)
+        figures = plots.write_run_figures(run_dir / "figures", history, confusion, names, held_out,
+                                          np.asarray(np.argmax(logits, -1)), params, config.data.dataset)
         results["figures"] = [str(p) for p in figures]
         write_json(run_dir / "results.json", results)
-        print(f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f}); "
-              f"wrote {run_dir / 'results.json'} and {len(figures)} figures in {run_dir / 'figures'}")
+        said = f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f})" if on_test else \
+            f"validation accuracy {float(ev['accuracy']):.4f} (test not evaluated: --no-test)"
+        print(f"{said}; wrote {run_dir / 'results.json'} and {len(figures)} figures in {run_dir / 'figures'}")
     return results
 
 

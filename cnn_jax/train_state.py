@@ -6,7 +6,7 @@ checkpointed as is; the model and optimizer are kept by the code that steps it (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -16,7 +16,8 @@ import optax
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables"]
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables", "EmaState",
+           "ema_of_params", "eval_params"]
 
 
 @flax.struct.dataclass
@@ -49,8 +50,47 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=pct)
 
 
+class EmaState(NamedTuple):
+    """:func:`ema_of_params`'s state: ``count`` (int32, updates so far) and ``ema`` (the averaged params)."""
+
+    count: jax.Array
+    ema: Any
+
+
+def ema_of_params(decay: float) -> optax.GradientTransformation:
+    """Keeps an exponential moving average of the parameters after each update in its state (the updates pass
+    through unchanged): ``ema = d * ema + (1 - d) * new_params`` with ``d = min(decay, (1 + t) / (10 + t))``
+    at update ``t``, so early averages are not dominated by the initial weights. The last link of the chain;
+    :func:`eval_params` reads it."""
+
+    def init(params):
+        own = jax.tree.map(lambda p: jnp.array(p, copy=True), params)  # not the params' buffers (donation)
+        return EmaState(jnp.zeros((), jnp.int32), own)
+
+    def update(updates, state, params):
+        new = optax.apply_updates(params, updates)
+        d = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count)).astype(jnp.float32)
+        ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, new)
+        return updates, EmaState(state.count + 1, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def eval_params(params: Any, opt_state: Any) -> Any:
+    """The weights to evaluate and predict with: the moving average when the optimizer keeps one
+    (``train.ema``), else ``params``. ``opt_state`` as trained (an optax chain state) or as restored without
+    a target (lists and dicts)."""
+    last = opt_state[-1] if isinstance(opt_state, tuple | list) and opt_state else None
+    if isinstance(last, EmaState):
+        return last.ema
+    if isinstance(last, dict) and set(last) == {"count", "ema"}:
+        return last["ema"]
+    return params
+
+
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum.
+    """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum, then
+    (``cfg.ema``) the weights' moving average (:func:`ema_of_params`).
 
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
     before the optimizer); for ``adamw`` it is decoupled.
@@ -68,6 +108,8 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
             parts.append(optax.adam(lr))
         else:
             parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
+    if cfg.ema is not None:
+        parts.append(ema_of_params(cfg.ema))
     return optax.chain(*parts)
 
 

@@ -31,6 +31,20 @@ PREPARE = [sys.executable, "-m", "cnn_jax.data", "prepare", "fashion_mnist"]
 TRAIN = [sys.executable, "experiments/fashion_mnist.py", "--run", "r", "--epochs", "1", "--limit", "256"]
 
 
+#: Runs ``python -m MODULE ARGS`` / ``python SCRIPT ARGS`` (after it) with Ctrl-C's default handler: a child of a
+#: non-interactive shell's background job (a CI runner's) inherits SIGINT ignored, and Python keeps that. Done in
+#: the child's Python rather than with ``preexec_fn``, which is unsafe to fork with from a threaded (JAX) parent.
+DEFAULT_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                  "module = sys.argv[1] == '-m'; sys.argv = sys.argv[2:] if module else sys.argv[1:]; "
+                  "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True) if module else "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def with_default_sigint(cmd: list[str]) -> list[str]:
+    """``cmd`` (``[python, ...]``) run under :data:`DEFAULT_SIGINT`."""
+    return [cmd[0], "-c", DEFAULT_SIGINT, *cmd[1:]]
+
+
 def environ(**extra: str) -> dict[str, str]:
     """This environment, without a data dir or mirror of the user's, on one CPU device."""
     env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR" and not k.startswith("CNN_JAX_")}
@@ -176,8 +190,8 @@ def start_and_interrupt(cmd: list[str], data: Path) -> subprocess.CompletedProce
 
     The child gets SIGINT's default disposition: one started from a non-interactive shell's background job
     would inherit "ignored", and Python keeps that (so would a user's ``nohup``)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(with_default_sigint(cmd), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=environ())
     try:
         deadline = time.monotonic() + 120
         while not list((data / "fashion_mnist").glob("incomplete.*/*.array_record*")):
@@ -255,8 +269,9 @@ except KeyboardInterrupt:
 def test_ctrl_c_during_a_gc_callback_is_not_lost():
     """CPython prints a KeyboardInterrupt raised in a garbage-collector callback as a traceback and ignores it;
     JAX registers one, so about one Ctrl-C in ten during preparation used to be lost. It is kept and raised."""
-    proc = subprocess.run([sys.executable, "-c", GC_CALLBACK_INTERRUPT], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=environ(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + GC_CALLBACK_INTERRUPT
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=environ())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["interrupted", "True"], (proc.stdout, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

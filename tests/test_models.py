@@ -36,7 +36,7 @@ def test_bn_cnn_shapes_and_batch_stats():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_impls_agree(name):
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
-    kw = {"widths": (4, 8)} if name == "lab_cnn" else {"widths": (4, 8), "dense": 16}
+    kw = {"lab_cnn": {"widths": (4, 8)}, "resnet": {"widths": (4, 8, 8, 8)}}.get(name, {"widths": (4, 8), "dense": 16})
     a, b = get_model(name, impl="native", **kw), get_model(name, impl="im2col", **kw)
     variables = a.init(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(a.apply(variables, x), b.apply(variables, x), rtol=1e-4, atol=1e-5)
