@@ -158,6 +158,9 @@ def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
         print(f"error: {e}; {kept}. Lower --lr or add --clip, then start a new run (--new-run).", file=sys.stderr)
         raise SystemExit(3) from None
     except KeyboardInterrupt:  # Ctrl-C before training started (preparing data), or a second one while saving
+        from cnn_jax.data.builders import close_progress_bars
+
+        close_progress_bars()
         print("error: interrupted (Ctrl-C); what was saved before is kept: run the same command again to go on",
               file=sys.stderr)
         raise SystemExit(EXIT_SIGNAL["SIGINT"]) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -215,8 +216,11 @@ def test_ctrl_c_while_preparing_keeps_nothing_then_prepare_creates_the_missing_d
     proc = start_and_interrupt([*PREPARE, "--data-dir", str(data)], data)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.rstrip().split("\n")[-1].split("\r")[-1].strip()  # after a progress bar cleared itself
-    assert last == "interrupted while preparing fashion_mnist; nothing was kept; run the same command again", last
+    said = "interrupted while preparing fashion_mnist; nothing was kept; run the same command again"
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", proc.stderr)  # terminal codes of the progress bars cleared
+    last = text.rstrip().split("\n")[-1].split("\r")[-1].strip()  # after a progress bar cleared itself
+    assert last == said, last
+    assert "\x1b" not in proc.stderr.split(said)[-1], proc.stderr[-300:]  # no bar moves over the line after it
     assert not (tmp_path / "new").exists()  # no incomplete.* folder, no empty folders
 
     proc = run([*PREPARE, "--data-dir", str(data)])
@@ -236,7 +240,8 @@ def test_ctrl_c_while_the_trainer_prepares_data_keeps_nothing(tmp_path):
     proc = start_and_interrupt([*TRAIN, "--workdir", str(tmp_path / "w"), "--data-dir", str(data)], data)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", proc.stderr)  # terminal codes of the progress bars cleared
+    errors = [ln.split("\r")[-1] for ln in text.split("\n") if ln.split("\r")[-1].startswith("error: ")]
     assert len(errors) == 1 and "interrupted (Ctrl-C)" in errors[0], proc.stderr[-3000:]
     assert not tfds.builder("fashion_mnist", data_dir=str(data)).is_prepared()
     assert list(data.iterdir()) == []  # the folder given is kept, empty as it was

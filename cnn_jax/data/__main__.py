@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from cnn_jax.data.builders import builder_for, prepare
+from cnn_jax.data.builders import builder_for, close_progress_bars, prepare
 from cnn_jax.data.idx import IdxError
 from cnn_jax.data.loading import CACHE_NAME, load
 from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonical_name
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        close_progress_bars()
         print(_interrupted(name, args.data_dir), file=sys.stderr)
         return 130
     cache = "decoded cache ready" if (path / CACHE_NAME).is_file() else "decoded, cache not written (see above)"

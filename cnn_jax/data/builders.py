@@ -49,8 +49,8 @@ from cnn_jax.data.sources import (
 )
 
 __all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "builder_for", "check_data_dir",
-           "check_interrupt", "default_data_dir", "download_urls", "interruptible", "not_found_message", "prepare",
-           "unreachable"]
+           "check_interrupt", "close_progress_bars", "default_data_dir", "download_urls", "interruptible",
+           "not_found_message", "prepare", "unreachable"]
 
 ORIENTATION_KEY = "cnn_jax_orientation"
 
@@ -172,6 +172,15 @@ def _where_it_would_be_lost(frame: types.FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars an interrupt left open (TFDS's nested ones), before a closing message: a bar
+    closed later, at exit, would write its cursor-up code after the message and a terminal would draw over it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def check_interrupt() -> None:
