@@ -176,11 +176,18 @@ def _where_it_would_be_lost(frame: types.FrameType | None) -> bool:
 
 def close_progress_bars() -> None:
     """Close the progress bars an interrupt left open (TFDS's nested ones), before a closing message: a bar
-    closed later, at exit, would write its cursor-up code after the message and a terminal would draw over it."""
+    closed later, at exit, would write its cursor-up code after the message and a terminal would draw over it.
+    Then back to the line's start (a closed bar leaves the cursor after the spaces that cleared it)."""
+    import sys
+
     from tqdm import tqdm
 
-    for bar in list(getattr(tqdm, "_instances", ())):
+    bars = list(getattr(tqdm, "_instances", ()))
+    for bar in bars:
         bar.close()
+    if bars:
+        sys.stderr.write("\r")
+        sys.stderr.flush()
 
 
 def check_interrupt() -> None:
