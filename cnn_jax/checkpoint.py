@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -153,6 +154,7 @@ class RunCheckpointer:
         target = None if abstract_state is None else jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
                                                                     abstract_state)
         errors, damaged = [], []
+        _quiet_aborted_io()
         for s in candidates:
             try:
                 out = self.manager.restore(s, args=ocp.args.Composite(
@@ -166,6 +168,8 @@ class RunCheckpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged; try the previous one
+                _DAMAGED_READS.paths.add(f"{self.directory / str(s)}/")
+                gc.collect()  # its unawaited reads' errors, logged now (and dropped), not at a random later time
                 errors.append(f"step {s}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
                 damaged.append(s)
                 warnings.warn(f"checkpoint {self.directory / str(s)} is damaged ({errors[-1]}); "
@@ -295,6 +299,47 @@ def is_disk_full(error: BaseException) -> bool:
 _DISK_FULL = "No space left on device"
 
 
+def _closed_loop_callback(unraisable: Any) -> bool:
+    """Whether an unraisable exception is TensorStore calling back into the closed event loop of an aborted
+    read or write (printed once per leftover callback, after the error itself was reported)."""
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+class _DropDamagedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" tracebacks of TensorStore reads that failed in a
+    checkpoint already reported as damaged (the other reads of the same restore, dropped unawaited)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.exc_info[1]) if record.exc_info else ""
+        return not any(p in text for p in self.paths)
+
+
+_DAMAGED_READS = _DropDamagedReads()
+
+
+def _quiet_aborted_io() -> None:
+    """Before a restore or training: the leftovers of aborted reads and writes, whose error was reported in one
+    line (a damaged checkpoint by :meth:`RunCheckpointer.restore`, a full disk by the trainer), are dropped
+    whenever they surface in this process: asyncio's logged tracebacks of the checkpoints in
+    ``_DAMAGED_READS.paths``, and TensorStore's callbacks into a closed event loop (which may come while the
+    failing call is still unwinding). Installed once."""
+    log = logging.getLogger("asyncio")
+    if _DAMAGED_READS in log.filters:
+        return
+    log.addFilter(_DAMAGED_READS)
+    old_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable):
+            old_hook(unraisable)
+
+    sys.unraisablehook = hook
+
+
 class _DropDiskFullRecords(logging.Filter):
     """Drops Orbax's logged tracebacks of a disk-full save (the run reports it in one line)."""
 
@@ -311,19 +356,12 @@ def quiet_disk_full() -> Iterator[None]:
     (:func:`is_disk_full`), not as Orbax's logged tracebacks nor the asyncio "Event loop is closed" ones that
     its aborted writer threads print."""
     absl_log, drop = logging.getLogger("absl"), _DropDiskFullRecords()
-    old_hook = sys.unraisablehook
-
-    def hook(unraisable) -> None:  # TensorStore's callbacks into the closed event loop of an aborted write
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            old_hook(unraisable)
-
+    _quiet_aborted_io()
     absl_log.addFilter(drop)
-    sys.unraisablehook = hook
     try:
         yield
     finally:
         absl_log.removeFilter(drop)
-        sys.unraisablehook = old_hook
 
 
 class StopSignal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,26 @@ def test_evaluate_command(fashion_tfds_dir, reference):
     bad = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(reference.parent / "nope")],
                          env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "not a cnn_jax run folder" in bad.stderr
+
+
+def test_evaluate_damaged_latest_says_it_in_one_line(fashion_tfds_dir, reference, tmp_path):
+    """A truncated array file in the newest checkpoint: one warning line, the previous checkpoint evaluated, none
+    of the leftovers of the aborted reads (asyncio's unretrieved task errors, TensorStore's callbacks into the
+    closed event loop) on the terminal, nothing deleted from a read-only evaluation."""
+    run_dir = tmp_path / "ref"
+    shutil.copytree(reference, run_dir)
+    latest = run_dir / "ckpt" / str(3 * (2000 // 128))
+    data = max((p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    out = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(run_dir), "--which", "latest"],
+                         env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("is damaged") == 1, out.stderr[-3000:]
+    for noise in ("Traceback", "Event loop is closed", "never retrieved"):
+        assert noise not in out.stderr, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2 * (2000 // 128)
+    assert latest.is_dir()
 
 
 # ----------------------------------------------------------------------------------- RunCheckpointer
