@@ -274,6 +274,30 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path):
     ck.close()
 
 
+def test_content_that_decodes_but_differs_from_its_digest_is_refused(tmp_path):
+    """Data that reads back fine but is not what was saved (two steps' arrays swapped, an edited meta) fails the
+    digest written with the checkpoint; nothing else would notice."""
+    trainer, state = _small_state()
+    other = jax.tree.map(lambda a: a + 1 if np.issubdtype(a.dtype, np.floating) else a, state)
+    ck = RunCheckpointer(tmp_path / "ck", keep=3)
+    for step, s in ((1, state), (2, other), (3, state)):
+        ck.save(step, s, {"step": step})
+    ck.wait()
+    ck.close()
+    a, b = tmp_path / "ck" / "2" / "state", tmp_path / "ck" / "3" / "state"
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    meta = next(p for p in (tmp_path / "ck" / "1" / "meta").iterdir() if p.name != "commit_success.txt")
+    meta.write_text(meta.read_text().replace('"step": 1', '"step": 7'))
+    ck = RunCheckpointer(tmp_path / "ck", read_only=True)
+    for step, what in ((3, "state differs"), (2, "state differs"), (1, "meta differs")):
+        with pytest.warns(UserWarning, match=rf"ck/{step} is damaged .*its {what} from when it was saved"):
+            with pytest.raises(CheckpointError):
+                ck.restore(state, step, exact=True)
+    ck.close()
+
+
 def test_stop_signal_sets_a_flag():
     with StopSignal() as stop:
         assert not stop()

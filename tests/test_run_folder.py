@@ -218,7 +218,9 @@ def test_flipped_bytes_are_detected_and_load_falls_back(reference, tmp_path, whi
     run_dir = _copy(reference, tmp_path)
     target = load(run_dir, which).step
     _damage(run_dir / "ckpt" / str(target), how="flip")
-    with pytest.warns(UserWarning, match=r"is damaged .*differs? from when it was saved"):
+    # caught by the digest, or earlier, when the flipped bytes of a compressed chunk no longer decode (which one
+    # depends on where the chunk lies; the digest alone is tested with decodable data in test_checkpoint.py)
+    with pytest.warns(UserWarning, match=r"is damaged "):
         lm = load(run_dir, which)
     assert lm.step != target and lm.step in (SPE, 2 * SPE)
     assert np.isfinite(lm.logits(np.zeros((4, 28, 28, 1), np.uint8))).all()
