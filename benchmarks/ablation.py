@@ -1,17 +1,18 @@
 """Recipe search on the validation split: named variants, each added to the previous (as airbench's ablation
 table), trained over several seeds, side by side in one sitting.
 
-    python benchmarks/ablation.py [--upto NAME] [--seeds 0 1 2] [--target 0.94] [--workdir DIR] \\
+    python benchmarks/ablation.py [--first I] [--upto J] [--seeds 0 1 2] [--target 0.94] [--workdir DIR] \\
         [--json out.json] [--markdown out.md] [--smoke] [-- extra experiment flags, e.g. --data-dir DIR]
 
-Variant ``i`` trains ``experiments/fashion_mnist.py --no-test --seed S`` with the flags of variants 0..i in order
-(a later flag overrides an earlier one), in ``<workdir>/ablation-<i>-seed<S>`` (default workdir
-``checkpoints/fashion_mnist``; an interrupted search resumes where it stopped). ``--no-test``: the test split is
-never evaluated, so nothing here is chosen on it; a kept recipe's test accuracy is measured once, afterwards
-(``benchmarks/time_to_accuracy.py``). The variants alternate within each seed. One row per variant: epochs,
-validation accuracy (mean, min-max over the seeds), epochs and seconds of training to the validation ``--target``
-(mean over the seeds that reached it, and how many did), and images/s (median). Seconds count from the start of
-training (compilation and per-epoch evaluations included, data loading not).
+Variants ``--first``..``--upto`` run (default: all); variant ``i`` trains ``experiments/fashion_mnist.py --no-test
+--seed S`` with the flags of variants 0..i in order (a later flag overrides an earlier one), in
+``<workdir>/ablation-<i>-seed<S>`` (default workdir ``checkpoints/fashion_mnist``; an interrupted search resumes
+where it stopped). ``--no-test``: the test split is never evaluated, so nothing here is chosen on it; a kept
+recipe's test accuracy is measured once, afterwards (``benchmarks/time_to_accuracy.py``). The variants alternate
+within each seed. One row per variant: epochs, validation accuracy (mean, min-max over the seeds), epochs and
+seconds of training to the validation ``--target`` (mean over the seeds that reached it, and how many did), and
+images/s (median). Seconds count from the start of training (compilation and per-epoch evaluations included, data
+loading not).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def markdown(rows: list[dict], header: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     names = [n for n, _ in VARIANTS]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--first", type=int, default=0,
+                   help="first variant to run (default 0); it keeps the flags of the variants before it")
     p.add_argument("--upto", type=int, default=len(VARIANTS) - 1,
                    help=f"last variant to run, 0..{len(VARIANTS) - 1} (default: all): " +
                         "; ".join(f"{i}: {n}" for i, n in enumerate(names)))
@@ -106,14 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if not 0 <= a.upto < len(VARIANTS):
         p.error(f"--upto must be in 0..{len(VARIANTS) - 1}, got {a.upto}")
+    if not 0 <= a.first <= a.upto:
+        p.error(f"--first must be in 0..--upto ({a.upto}), got {a.first}")
     if not 0 < a.target <= 1:
         p.error(f"--target must be in (0, 1], got {a.target}")
     extra = [*SMOKE, *a.experiment_args] if a.smoke else list(a.experiment_args)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "backend": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "extra_flags": extra, "target": a.target,
-              "variants": [{"name": n, "flags": f} for n, f in VARIANTS[:a.upto + 1]], "runs": []}
+              "variants": [{"index": i, "name": n, "flags": f} for i, (n, f) in enumerate(VARIANTS)
+                           if a.first <= i <= a.upto], "runs": []}
     for k, seed in enumerate(a.seeds):
-        order = list(range(a.upto + 1))
+        order = list(range(a.first, a.upto + 1))
         order = order[k % len(order):] + order[:k % len(order)]  # rotated per seed: drift spreads over variants
         for i in order:
             report["runs"].append(_one(i, seed, a.target, extra, a.workdir))

@@ -123,20 +123,17 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        def conv_bn(y, w):
+        def conv_bn(y, w, pool=False):  # Conv -> (MaxPool 2) -> BN
             y = Conv(w, padding="SAME", use_bias=False, impl=self.impl)(y)
-            return y, nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                                   axis_name=self.bn_axis_name, dtype=y.dtype)
+            y = max_pool(y, 2, impl=self.impl) if pool else y
+            return nn.BatchNorm(use_running_average=not train, momentum=self.momentum, axis_name=self.bn_axis_name,
+                                dtype=y.dtype)(y)
 
-        y, bn = conv_bn(x, self.widths[0])
-        x = nn.relu(bn(y))
+        x = nn.relu(conv_bn(x, self.widths[0]))
         for i, w in enumerate(self.widths[1:], start=1):
-            y, bn = conv_bn(x, w)
-            x = nn.relu(bn(max_pool(y, 2, impl=self.impl)))
+            x = nn.relu(conv_bn(x, w, pool=True))
             if i in self.residual:
-                y, bn = conv_bn(x, w)
-                y, bn2 = conv_bn(nn.relu(bn(y)), w)
-                x = x + nn.relu(bn2(y))
+                x = x + nn.relu(conv_bn(nn.relu(conv_bn(x, w)), w))
         x = jnp.max(x, axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x) * self.logit_scale

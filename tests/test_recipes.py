@@ -129,3 +129,16 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
     assert [row["variant"] for row in report["table"]] == list(range(n))
     assert json.loads(out.read_text())["table"] == report["table"]
     assert md.read_text().count("\n| ") == n + 2 and "| variant | epochs |" in capsys.readouterr().out
+
+
+def test_ablation_first_keeps_earlier_flags(fashion_tfds_dir, tmp_path):
+    """``--first I``: only variants I.. run, each with the flags of every variant before it."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    last = len(mod["VARIANTS"]) - 1
+    with pytest.raises(SystemExit):
+        mod["main"](["--smoke", "--first", str(last), "--upto", str(last - 1)])
+    report = mod["main"](["--smoke", "--first", str(last), "--seeds", "3", "--workdir", str(tmp_path), "--",
+                          "--data-dir", str(fashion_tfds_dir)])
+    assert [r["variant"] for r in report["runs"]] == [last] and [v["index"] for v in report["variants"]] == [last]
+    config = json.loads((Path(report["runs"][0]["run_dir"]) / "config.json").read_text())
+    assert config["model"]["name"] == "resnet" and config["train"]["ema"] == 0.99 and config["train"]["seed"] == 3
