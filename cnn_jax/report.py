@@ -26,13 +26,15 @@ import numpy as np
 
 from cnn_jax.files import owner, unwritable, write_json, write_text
 
-__all__ = ["ReportError", "Run", "read_run", "summarize", "overfitting", "margin", "conclusion", "render",
-           "report_data", "report_paths", "check_out", "write_report", "main"]
+__all__ = ["ReportError", "Run", "read_run", "summarize", "overfitting", "overfitting_comparison", "margin",
+           "beyond_noise", "subset_sizes", "dataset_label", "verdict_words", "conclusion", "render", "report_data",
+           "report_paths", "check_out", "write_report", "main"]
 
 #: Differences below this many accuracy points (percent) count as a tie.
 TIE_POINTS = 0.1
-#: Final train-eval - validation accuracy gap (points) above which training accuracy has pulled away.
-GAP_POINTS = 1.0
+#: A difference of accuracies (a train-eval - validation gap, two runs' gaps, two test accuracies) is beyond the
+#: noise when it exceeds this many of its standard errors (binomial, from the sizes of the sets measured).
+NOISE_SE = 2.0
 #: Growth of that gap over the second half of training (points per epoch) that counts as widening.
 TREND_POINTS = 0.1
 #: Relative rise of the validation loss above its minimum that counts as "rising again".
@@ -104,28 +106,73 @@ def _gap(h: dict[str, Any]) -> float | None:
     return h["train_eval_accuracy"] - h["val_accuracy"]
 
 
-def overfitting(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def beyond_noise(points: float, se_points: float | None) -> bool | None:
+    """The one noise rule: whether a difference of ``points`` exceeds :data:`NOISE_SE` of its standard errors
+    ``se_points`` (a standard error of 0 with a positive difference: yes); None when the error is unknown."""
+    if se_points is None:
+        return None
+    return bool(points > 0 and (se_points == 0 or points / se_points >= NOISE_SE))
+
+
+def _se(p: float, n: int | None) -> float | None:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` examples (None without ``n``)."""
+    return math.sqrt(p * (1 - p) / n) if n else None
+
+
+def subset_sizes(results: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(train-eval subset size, validation size)`` of a run: ``num_train_eval`` when recorded, else training's
+    rule (:func:`cnn_jax.train.train_eval_size`) for runs saved before it was, and ``num_val``."""
+    from cnn_jax.train import train_eval_size
+
+    n_val, n_train = results.get("num_val"), results.get("num_train")
+    n_te = results.get("num_train_eval")
+    if n_te is None and n_train is not None and n_val is not None:
+        n_te = train_eval_size(n_train, n_val)
+    return n_te, n_val
+
+
+def _gap_se(h: dict[str, Any], sizes: tuple[int | None, int | None]) -> float | None:
+    """Standard error (points) of an epoch's train-eval - validation gap: sqrt(se_train_eval^2 + se_val^2)."""
+    se_te, se_val = _se(h["train_eval_accuracy"], sizes[0]), _se(h["val_accuracy"], sizes[1])
+    return None if se_te is None or se_val is None else 100 * math.hypot(se_te, se_val)
+
+
+def overfitting(history: Sequence[dict[str, Any]], sizes: tuple[int | None, int | None] = (None, None)
+                ) -> dict[str, Any]:
     """Whether a run overfits, by three signs from evaluation-mode figures, each stated with its numbers:
-    the final train-eval - validation accuracy gap (and loss gap), the validation loss rising after its
-    minimum, and the gap's trend over the second half of training (never the first epoch against the last).
-    ``overfits``: True (the gap and another sign), False (no sign), ``"unclear"`` (the signs disagree)."""
+    the final train-eval - validation accuracy gap against its standard error (``sizes``: the train-eval subset's
+    and the validation set's, :func:`subset_sizes`), the validation loss rising after its minimum, and the gap's
+    trend over the second half of training (never the first epoch against the last). The gap is a sign when it is
+    beyond the noise (:func:`beyond_noise`), none when it is not positive, and within the noise in between.
+    ``overfits``: True (the gap and another sign), False (no sign, the gap not positive), ``"unclear"`` (the signs
+    disagree, or the gap is within the noise or its noise unknown)."""
     ev = [h for h in history if _gap(h) is not None]
     if not ev:
         return {"overfits": "unclear", "reasons": ["no train-eval figures: the run predates them, or has no "
                                                    "validation set"]}
     last = ev[-1]
-    out: dict[str, Any] = {"gap_points": 100 * _gap(last),
-                           "loss_gap": last["val_loss"] - last["train_eval_loss"]}
+    se = _gap_se(last, sizes)
+    out: dict[str, Any] = {"gap_points": 100 * _gap(last), "gap_se_points": se,
+                           "gap_z": None if not se else 100 * _gap(last) / se,
+                           "loss_gap": last["val_loss"] - last["train_eval_loss"],
+                           "train_eval_size": sizes[0], "val_size": sizes[1]}
     half = ev[len(ev) // 2:] if len(ev) >= 4 else []
     out["trend_points_per_epoch"] = float(np.polyfit([h["epoch"] for h in half], [100 * _gap(h) for h in half],
                                                      1)[0]) if half else None
     losses = [(h["epoch"], h["val_loss"]) for h in ev]
     (min_epoch, min_loss), (last_epoch, last_loss) = min(losses, key=lambda e: e[1]), losses[-1]
     out.update(val_loss_min=min_loss, val_loss_min_epoch=min_epoch, val_loss_last=last_loss)
+    gap_on = beyond_noise(out["gap_points"], se)
+    out["gap_beyond_noise"] = gap_on
+    within = not gap_on and out["gap_points"] > 0  # positive, not beyond the noise (or its noise unknown)
+    sizes_text = "" if None in sizes else f" ({sizes[0]:,} and {sizes[1]:,} images)"
+    noise = ("; the run records no subset sizes, so its noise is unknown" if se is None else
+             f", {out['gap_z']:+.1f} standard errors (one is {se:.2f} points)" if se else ", no sampling noise")
     signs = {
-        "gap": (out["gap_points"] > GAP_POINTS,
+        "gap": (gap_on,
                 f"final train-eval accuracy {_pct(last['train_eval_accuracy'])}% vs validation "
-                f"{_pct(last['val_accuracy'])}% ({out['gap_points']:+.1f} points; loss gap {out['loss_gap']:+.4f})"),
+                f"{_pct(last['val_accuracy'])}%{sizes_text}: gap {out['gap_points']:+.1f} points{noise}; loss gap "
+                f"{out['loss_gap']:+.4f}"),
         "val_loss_rises": (last_epoch != min_epoch and last_loss > min_loss * (1 + VAL_LOSS_RISE),
                            f"validation loss {last_loss:.4f} at epoch {last_epoch} against its minimum "
                            f"{min_loss:.4f} at epoch {min_epoch}"),
@@ -136,9 +183,65 @@ def overfitting(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     out["signs"] = {k: bool(v[0]) for k, v in signs.items()}
     present = [k for k, (on, _) in signs.items() if on]
-    out["overfits"] = (True if "gap" in present and len(present) >= 2 else False if not present else "unclear")
-    out["reasons"] = [("yes: " if on else "no: ") + text for on, text in signs.values()]
+    out["overfits"] = (True if "gap" in present and len(present) >= 2 else
+                       False if not present and not within else "unclear")
+    unsure = "within noise: " if se is not None else "noise unknown: "
+    out["reasons"] = [(unsure if k == "gap" and within else "yes: " if on else "no: ") + text
+                      for k, (on, text) in signs.items()]
     return out
+
+
+def overfitting_comparison(runs: list[Run]) -> dict[str, Any] | None:
+    """Which run overfits more: the two largest final train-eval - validation gaps, their difference and whether
+    it is beyond the noise (:func:`beyond_noise`; standard error sqrt(se_a^2 + se_b^2)). None with fewer than two
+    runs with train-eval figures."""
+    gaps = [(r, r.summary["overfitting"]) for r in runs if r.summary["overfitting"].get("gap_points") is not None]
+    if len(gaps) < 2:
+        return None
+    (a, va), (b, vb) = sorted(gaps, key=lambda rv: rv[1]["gap_points"], reverse=True)[:2]
+    diff = va["gap_points"] - vb["gap_points"]
+    se = (None if va["gap_se_points"] is None or vb["gap_se_points"] is None
+          else math.hypot(va["gap_se_points"], vb["gap_se_points"]))
+    return {"more": a.name, "less": b.name, "of_runs": len(gaps),
+            "gap_points": {a.name: va["gap_points"], b.name: vb["gap_points"]},
+            "gap_se_points": {a.name: va["gap_se_points"], b.name: vb["gap_se_points"]},
+            "difference_points": diff, "difference_se_points": se, "difference_z": diff / se if se else None,
+            "exceeds_noise": beyond_noise(diff, se)}
+
+
+def _comparison_sentence(c: dict[str, Any] | None) -> list[str]:
+    if c is None:
+        return []
+    a, b = c["more"], c["less"]
+
+    def gap(name: str) -> str:
+        se = c["gap_se_points"][name]
+        return f"{c['gap_points'][name]:+.1f} points" + ("" if se is None else f" (standard error {se:.1f})")
+
+    if round(c["difference_points"], 1) == 0:
+        return [f"{a} and {b} have the same final train-eval - validation gap ({gap(a)} and {gap(b)}): neither "
+                "overfits more."]
+    diff = f"the difference, {c['difference_points']:.1f} points,"
+    if c["exceeds_noise"] and c["difference_z"] is None:
+        verdict = f"{diff} has no sampling noise to exceed."
+    elif c["exceeds_noise"] is None:
+        verdict = f"{diff} cannot be weighed against its noise (no subset sizes recorded)."
+    elif c["exceeds_noise"]:
+        verdict = f"{diff} is {c['difference_z']:.1f} standard errors: more than noise."
+    else:
+        z = "" if c["difference_z"] is None else f" is {c['difference_z']:.1f} standard errors:"
+        verdict = f"{diff}{z} within noise, so neither overfits measurably more."
+    largest = f"Of {c['of_runs']} runs, {a} has the largest gap. " if c["of_runs"] > 2 else ""
+    word = "overfits more than" if c["exceeds_noise"] else "has a larger gap than"
+    return [f"{largest}{a} {word} {b}: its final train-eval - validation gap is {gap(a)} against {gap(b)}; "
+            f"{verdict}"]
+
+
+def dataset_label(results: dict[str, Any]) -> str:
+    """How a run's data are named to a user: a stand-in's label (``results.json``'s ``data_source``), never the
+    name of the dataset it stands in for; else the dataset's name."""
+    record = results.get("data_source")
+    return record["label"] if isinstance(record, dict) and record.get("label") else str(results.get("dataset"))
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -146,14 +249,15 @@ def summarize(run: Run) -> dict[str, Any]:
     r, hist = run.results, run.history
     per_class = r.get("per_class_accuracy") or {}
     return {
-        "dataset": r.get("dataset"), "model": r.get("model"), "epochs": r.get("epochs", len(hist)),
+        "dataset": dataset_label(r), "tfds_name": r.get("dataset"), "data_source": r.get("data_source"),
+        "model": r.get("model"), "epochs": r.get("epochs", len(hist)),
         "train_accuracy": r.get("train_accuracy"), "train_eval_accuracy": hist[-1].get("train_eval_accuracy"),
         "val_accuracy": r.get("val_accuracy"), "test_accuracy": r.get("test_accuracy"),
         "test_loss": r.get("test_loss"), "num_test": r.get("num_test"), "gap": _gap(hist[-1]),
         "best_epoch": r.get("best_epoch"), "best_val_accuracy": r.get("best_val_accuracy"),
         "wall_seconds": r.get("wall_seconds"), "images_per_s": r.get("images_per_s"),
         "worst_classes": sorted(per_class.items(), key=lambda kv: kv[1])[:3],
-        "per_class_accuracy": per_class, "overfitting": overfitting(hist),
+        "per_class_accuracy": per_class, "overfitting": overfitting(hist, subset_sizes(r)),
     }
 
 
@@ -171,10 +275,10 @@ def margin(runs: list[Run]) -> dict[str, Any]:
     top, second = sorted(runs, key=lambda r: r.summary["test_accuracy"], reverse=True)[:2]
     p1, p2 = top.summary["test_accuracy"], second.summary["test_accuracy"]
     n1, n2 = top.summary["num_test"], second.summary["num_test"]
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) if n1 and n2 else None
+    se = 100 * math.hypot(_se(p1, n1), _se(p2, n2)) if n1 and n2 else None
     return {"most_accurate": top.name, "runner_up": second.name, "margin_points": 100 * (p1 - p2),
-            "two_se_points": None if se is None else 200 * se,
-            "exceeds_noise": None if se is None else bool(p1 - p2 >= 2 * se)}
+            "two_se_points": None if se is None else NOISE_SE * se,
+            "exceeds_noise": beyond_noise(100 * (p1 - p2), se)}
 
 
 def _accuracy_sentences(runs: list[Run]) -> list[str]:
@@ -215,15 +319,19 @@ def _overfitting_sentences(runs: list[Run]) -> list[str]:
     verdicts = {r.name: r.summary["overfitting"] for r in runs}
     out = []
     for name, v in verdicts.items():
-        word = {True: "overfits", False: "does not overfit"}.get(v["overfits"], "may or may not overfit (the "
-                                                                            "signs disagree)")
-        out.append(f"{name} {word}: {'; '.join(v['reasons'])}.")
-    yes = [n for n, v in verdicts.items() if v["overfits"] is True]
-    if yes and len(yes) < len(runs):
-        worst = max(yes, key=lambda n: verdicts[n]["gap_points"])
-        no = [n for n, v in verdicts.items() if v["overfits"] is False]
-        out.append(f"{worst} overfits more" + (f"; {' and '.join(no)} does not." if no else "."))
-    return out
+        out.append(f"{name} {verdict_words(v)}: {'; '.join(v['reasons'])}.")
+    return out + _comparison_sentence(overfitting_comparison(runs))
+
+
+def verdict_words(v: dict[str, Any]) -> str:
+    """"overfits", "does not overfit", or "may or may not overfit" (and why, when its reasons do not say)."""
+    if v["overfits"] is True:
+        return "overfits"
+    if v["overfits"] is False:
+        return "does not overfit"
+    if v.get("gap_points") is None or (v["gap_points"] > 0 and not v.get("gap_beyond_noise")):
+        return "may or may not overfit"  # its reasons say why: no figures, or a gap within (or of unknown) noise
+    return "may or may not overfit (the signs disagree)"
 
 
 def _class_sentences(runs: list[Run]) -> list[str]:
@@ -390,19 +498,21 @@ def check_out(out: str | os.PathLike) -> dict[str, Path]:
 def report_data(runs: list[Run]) -> dict[str, Any]:
     """What ``report.json`` holds: per run its figures and overfitting verdict, the accuracy margin, the
     conclusion (the prose renders these)."""
-    keys = ("dataset", "model", "epochs", "train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy",
-            "test_loss", "best_epoch", "best_val_accuracy", "images_per_s")
+    keys = ("dataset", "tfds_name", "data_source", "model", "epochs", "train_accuracy", "train_eval_accuracy",
+            "val_accuracy", "test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "images_per_s")
     return {"kind": REPORT_KIND,
             "runs": {r.name: {"path": str(r.path), **{k: r.summary[k] for k in keys},
                               "overfitting": r.summary["overfitting"]} for r in runs},
-            "accuracy": margin(runs), "conclusion": conclusion(runs)}
+            "accuracy": margin(runs), "overfitting_comparison": overfitting_comparison(runs),
+            "conclusion": conclusion(runs)}
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "report.md") -> dict[str, Any]:
     """Read the runs, write the report (``<stem>.md``), its data (``<stem>.json``) and its figure
     (``<stem>.png``), each atomically; ``out`` must end in ``.md`` (or have no suffix). Writes nothing into a run
-    folder and replaces no file that is not a report of ours (:func:`check_out`). Returns
-    ``{"report", "data", "figure", "runs", "conclusion", "text"}``."""
+    folder and replaces no file that is not a report of ours (:func:`check_out`). A run on a stand-in is named by
+    its label (``results.json``'s ``data_source``). Returns ``{"report", "data", "figure", "runs", "conclusion",
+    "text"}``."""
     if len(run_dirs) < 2:
         raise ReportError(f"need at least two run folders to compare, got {len(run_dirs)}")
     resolved = [Path(p).resolve() for p in run_dirs]

@@ -52,7 +52,7 @@ from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evalua
 from cnn_jax.train_state import TrainState, create_train_state, eval_params, make_optimizer, make_schedule
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
-           "saved_config", "has_checkpoints", "CKPT_SUBDIR", "CONFIG_FILE"]
+           "saved_config", "has_checkpoints", "train_eval_size", "CKPT_SUBDIR", "CONFIG_FILE"]
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
@@ -268,22 +268,50 @@ def has_checkpoints(run_dir: str | Path) -> bool:
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
     """The config a run folder's checkpoints were made with (the latest readable one's record; else
     ``config.json``); None if the folder has no checkpoints."""
+    saved = _saved(run_dir)
+    return None if saved is None else saved[0]
+
+
+def _saved(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """``(config, dataset record)`` of a run folder's checkpoints (the latest readable one's; else ``config.json``
+    and no dataset record); None if the folder has no checkpoints."""
     if not has_checkpoints(run_dir):
         return None
     ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, read_only=True)
     try:
         for step in ckpt.steps()[::-1]:
             try:
-                return ckpt.read_meta(step)["config"]
+                meta = ckpt.read_meta(step)
+                return meta["config"], meta.get("dataset")
             except Exception:  # noqa: BLE001 - damaged: the restore will say so and fall back
                 continue
     finally:
         ckpt.close()
     if isinstance(saved := _read_json(run_dir / CONFIG_FILE), dict):
-        return saved
+        return saved, None
     raise CheckpointError(f"{run_dir}: the config of its checkpoints cannot be read (every checkpoint's record "
                           f"is damaged and {CONFIG_FILE} is missing or damaged); nothing was changed there: pick "
                           "another --run, or pass --new-run to start a fresh run beside it")
+
+
+def train_eval_size(num_train: int, num_val: int) -> int:
+    """Size of the fixed training subset evaluated like validation each epoch (the generalisation gap's train
+    side): the validation set's size, 5,000 without one, at most the training set."""
+    return min(num_train, num_val or 5000)
+
+
+def _other_data(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """A resumed run's data must be the data its checkpoints were trained on: a stand-in's fingerprint (or the
+    dataset's own files, ``source`` None) as recorded. Runs saved before sources were recorded are not checked."""
+    if not saved or "source" not in saved:
+        return []
+    then, now_source = saved["source"], now["source"]
+    if (then or {}).get("fingerprint") == (now_source or {}).get("fingerprint"):
+        return []
+    def label(source: dict[str, Any] | None) -> str:
+        return source["label"] if source else f"{now['name']}'s own files"
+
+    return [f"data: saved {label(then)}, now {label(now_source)}"]
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
@@ -298,7 +326,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
     _agree(lambda: _claim_run_folder(run_dir, check_only=True))  # a user's folder: refused, nothing written
-    saved = saved_config(run_dir)
+    saved, saved_data = _saved(run_dir) or (None, None)
     if saved is not None:
         config = resolve_microbatch(config, None, (), saved)  # "auto": the run's own choice
         if diffs := differences(saved, config):
@@ -313,7 +341,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     cfg, spe = config.train, trainer.steps_per_epoch
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
-               "input_shape": list(train.images.shape[1:])}
+               "input_shape": list(train.images.shape[1:]), "source": splits.source, "label": splits.label,
+               "num_train_eval": train_eval_size(len(train), len(val))}
+    if diffs := _other_data(saved_data, dataset):  # a stand-in resumed on the dataset's own files, or back
+        raise IncompatibleCheckpointError(run_dir, diffs)
     fresh = trainer.init_state() if saved is None else None  # errors of a new run's setup come before any file
     _agree(lambda: _claim_run_folder(run_dir))  # created (or checked again) and marked as ours
     lock = _lock(run_dir, is_main, say)
@@ -460,7 +491,7 @@ def _epochs(trainer: Trainer, config: Config, state, history, partial, train, va
     monitor_data = trainer.put_data(monitor.images, monitor.labels, for_eval=True) if monitor is not None else None
     # the generalisation gap as defined: a fixed, seeded training subset (the validation set's size), evaluated
     # like validation (no dropout, no augmentation)
-    subset = np.sort(np.random.default_rng(cfg.seed).choice(len(train), min(len(train), len(val) or 5000), False))
+    subset = np.sort(np.random.default_rng(cfg.seed).choice(len(train), train_eval_size(len(train), len(val)), False))
     train_eval_data = trainer.put_data(train.images[subset], train.labels[subset], for_eval=True)
     start_step = int(np.ravel(trainer.host_state(state).step)[0])
     fit_start = time.perf_counter() - (history[-1].get("elapsed", 0.0) if history else 0.0)
@@ -583,7 +614,8 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
         "images_per_s": float(np.median(timed)) if timed else None,
         "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
         "process_count": jax.process_count(), "backend": jax.default_backend(), **{
-            k: dataset[k] for k in ("num_train", "num_val", "num_test")},
+            k: dataset[k] for k in ("num_train", "num_val", "num_test", "num_train_eval")},
+        "data_source": dataset["source"], "data_label": dataset["label"],
         "versions": _versions(), "host": platform.node(), "run_dir": str(run_dir),
     }
     if is_main:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_jax.report import TABLE_COLUMNS, ReportError, main, overfitting, write_report
+from cnn_jax.report import TABLE_COLUMNS, ReportError, main, overfitting, subset_sizes, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--limit", "1500", "--val-size", "300", "--no-progress"]
@@ -109,7 +109,8 @@ def _history(train_eval: list[float], val_acc: list[float], val_loss: list[float
 
 
 def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], val_acc: list[float],
-              val_loss: list[float], per_class: dict[str, float], images_per_s: float = 1000.0) -> Path:
+              val_loss: list[float], per_class: dict[str, float], images_per_s: float = 1000.0,
+              num_val: int | None = 1000, **extra) -> Path:
     d = root / name
     d.mkdir(parents=True)
     hist = [{**h, "images_per_s": images_per_s} for h in _history(train_acc, val_acc, val_loss)]
@@ -119,7 +120,8 @@ def _fake_run(root: Path, name: str, test_acc: float, train_acc: list[float], va
         "dataset": "fashion_mnist", "model": "lab_cnn", "epochs": len(hist),
         "train_accuracy": train_acc[-1], "val_accuracy": val_acc[-1], "test_accuracy": test_acc, "test_loss": 0.5,
         "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "per_class_accuracy": per_class,
-        "class_names": list(per_class), "wall_seconds": 10.0, "images_per_s": images_per_s, "num_test": 10000}))
+        "class_names": list(per_class), "wall_seconds": 10.0, "images_per_s": images_per_s, "num_test": 10000,
+        **({} if num_val is None else {"num_train": 9000, "num_val": num_val}), **extra}))
     return d
 
 
@@ -131,24 +133,60 @@ def test_overfitting_is_judged_by_sound_signs():
     # validation loss still falling: not overfitting, whatever its first epoch's running mean says
     digits = _history([0.95, 0.97, 0.975, 0.978, 0.98, 0.981], [0.96, 0.975, 0.98, 0.982, 0.984, 0.985],
                       [0.15, 0.09, 0.07, 0.06, 0.055, 0.05], running=[0.75, 0.94, 0.96, 0.97, 0.97, 0.975])
-    v = overfitting(digits)
+    v = overfitting(digits, (1000, 1000))
     assert v["overfits"] is False and v["signs"] == {"gap": False, "val_loss_rises": False, "gap_widens": False}
-    assert v["gap_points"] == pytest.approx(-0.4)
+    assert v["gap_points"] == pytest.approx(-0.4) and v["reasons"][0].startswith("no: ")
     # train-eval pulls away while the validation loss rises after its minimum: overfitting
     fashion = _history([0.86, 0.90, 0.93, 0.95, 0.965, 0.975], [0.86, 0.885, 0.895, 0.90, 0.902, 0.901],
                        [0.38, 0.31, 0.28, 0.27, 0.29, 0.31])
-    v = overfitting(fashion)
+    v = overfitting(fashion, (5000, 5000))
     assert v["overfits"] is True and all(v["signs"].values())
-    assert v["gap_points"] == pytest.approx(7.4) and v["val_loss_min_epoch"] == 4
-    assert "yes: final train-eval accuracy 97.50% vs validation 90.10% (+7.4 points" in v["reasons"][0]
+    se = 100 * (0.975 * 0.025 / 5000 + 0.901 * 0.099 / 5000) ** 0.5  # binomial SEs of both, combined
+    assert v["gap_points"] == pytest.approx(7.4) and v["gap_se_points"] == pytest.approx(se)
+    assert v["gap_z"] == pytest.approx(7.4 / se) and v["val_loss_min_epoch"] == 4
+    assert v["reasons"][0].startswith("yes: final train-eval accuracy 97.50% vs validation 90.10% (5,000 and 5,000 "
+                                      f"images): gap +7.4 points, +{7.4 / se:.1f} standard errors (one is {se:.2f} "
+                                      "points)")
     assert "yes: validation loss 0.3100 at epoch 6 against its minimum 0.2700 at epoch 4" == v["reasons"][1]
     # a steady gap, the validation loss still falling: the signs disagree, and the report says so
     mixed = _history([0.90, 0.93, 0.94, 0.945, 0.95, 0.955], [0.88, 0.905, 0.915, 0.92, 0.925, 0.93],
                      [0.40, 0.33, 0.30, 0.28, 0.27, 0.26])
-    v = overfitting(mixed)
+    v = overfitting(mixed, (5000, 5000))
     assert v["overfits"] == "unclear" and v["signs"] == {"gap": True, "val_loss_rises": False, "gap_widens": False}
     assert v["reasons"][0].startswith("yes: final train-eval") and v["reasons"][1].startswith("no: validation loss")
     assert overfitting([{"epoch": 1, "train_accuracy": 0.5}])["overfits"] == "unclear"  # no train-eval figures
+
+
+def test_the_gap_is_weighed_against_its_noise():
+    """The same curves: a +0.8-point gap is noise on 1,000 images (standard error about 0.75 points) and a sign on
+    100,000 (0.08); the validation loss rising and the gap widening do not make a noisy gap count."""
+    curves = _history([0.95, 0.96, 0.965, 0.97, 0.974, 0.978], [0.95, 0.958, 0.962, 0.966, 0.968, 0.970],
+                      [0.15, 0.12, 0.10, 0.09, 0.095, 0.10])
+    small = overfitting(curves, (1000, 1000))
+    se = 100 * (0.978 * 0.022 / 1000 + 0.97 * 0.03 / 1000) ** 0.5
+    assert small["gap_se_points"] == pytest.approx(se) and 0.7 < se < 0.8
+    assert small["gap_beyond_noise"] is False and small["signs"]["gap"] is False
+    assert small["signs"]["val_loss_rises"] and small["signs"]["gap_widens"]
+    assert small["overfits"] == "unclear"
+    assert small["reasons"][0].startswith("within noise: final train-eval accuracy 97.80% vs validation 97.00% "
+                                          f"(1,000 and 1,000 images): gap +0.8 points, +{0.8 / se:.1f} standard "
+                                          "errors")
+    large = overfitting(curves, (100_000, 100_000))
+    assert large["gap_beyond_noise"] is True and large["overfits"] is True and large["reasons"][0].startswith("yes:")
+    # a gap within the noise and no other sign: still unclear, not "no"; without sizes the noise is unknown
+    flat = _history([0.95, 0.96, 0.965, 0.97, 0.9705, 0.971], [0.95, 0.958, 0.962, 0.966, 0.967, 0.968],
+                    [0.15, 0.12, 0.10, 0.09, 0.085, 0.08])
+    v = overfitting(flat, (1000, 1000))
+    assert v["overfits"] == "unclear" and not any(v["signs"].values()) and v["reasons"][0].startswith("within noise")
+    unknown = overfitting(flat)
+    assert unknown["overfits"] == "unclear" and unknown["gap_se_points"] is None
+    assert unknown["reasons"][0].startswith("noise unknown: ") and "its noise is unknown" in unknown["reasons"][0]
+    # the sizes of a run: recorded, else training's rule (the validation set's size, at most the training split)
+    assert subset_sizes({"num_train": 55000, "num_val": 5000}) == (5000, 5000)
+    assert subset_sizes({"num_train": 700, "num_val": 1000}) == (700, 1000)
+    assert subset_sizes({"num_train": 700, "num_val": 0}) == (700, 0)
+    assert subset_sizes({"num_train_eval": 321, "num_train": 700, "num_val": 1000}) == (321, 1000)
+    assert subset_sizes({}) == (None, None)
 
 
 def test_conclusion_follows_the_numbers(tmp_path):
@@ -161,10 +199,17 @@ def test_conclusion_follows_the_numbers(tmp_path):
     c = _section(out["text"], "Conclusion")
     assert c.startswith("steady is the most accurate run: 88.00% test accuracy, 4.0 points ahead of overfit")
     assert "4.0 points ahead" in c and "more than noise" in c
-    assert "steady does not overfit: no: final train-eval accuracy 88.00% vs validation 88.00% (+0.0 points" in c
-    assert "overfit overfits: yes: final train-eval accuracy 99.00% vs validation 84.00% (+15.0 points" in c
+    assert ("steady does not overfit: no: final train-eval accuracy 88.00% vs validation 88.00% (1,000 and 1,000 "
+            "images): gap +0.0 points") in c
+    assert ("overfit overfits: yes: final train-eval accuracy 99.00% vs validation 84.00% (1,000 and 1,000 images): "
+            "gap +15.0 points") in c
     assert "yes: validation loss 0.6000 at epoch 4 against its minimum 0.4500 at epoch 2" in c
-    assert "overfit overfits more; steady does not." in c
+    se_overfit = 100 * (0.99 * 0.01 / 1000 + 0.84 * 0.16 / 1000) ** 0.5
+    se_steady = 100 * (2 * 0.88 * 0.12 / 1000) ** 0.5
+    se_diff = (se_overfit ** 2 + se_steady ** 2) ** 0.5
+    assert (f"overfit overfits more than steady: its final train-eval - validation gap is +15.0 points (standard "
+            f"error {se_overfit:.1f}) against +0.0 points (standard error {se_steady:.1f}); the difference, 15.0 "
+            f"points, is {15 / se_diff:.1f} standard errors: more than noise.") in c
     assert "The hardest class is b" in c and "The runs differ most on d: steady gets 95.0%, overfit 60.0%" in c
     assert "steady trains fastest (2000 images/s, 2.0x overfit's 1000)" in c
     assert _table(out["text"])["overfit"]["train-eval - val gap (points)"] == "15.00"
@@ -176,13 +221,29 @@ def test_conclusion_follows_the_numbers(tmp_path):
                                 "two_se_points": pytest.approx(200 * (0.88 * 0.12 / 1e4 + 0.84 * 0.16 / 1e4) ** 0.5),
                                 "exceeds_noise": True}
     assert data["conclusion"] == out["conclusion"]
+    assert data["overfitting_comparison"] == {
+        "more": "overfit", "less": "steady", "of_runs": 2,
+        "gap_points": {"overfit": pytest.approx(15.0), "steady": pytest.approx(0.0)},
+        "gap_se_points": {"overfit": pytest.approx(se_overfit), "steady": pytest.approx(se_steady)},
+        "difference_points": pytest.approx(15.0), "difference_se_points": pytest.approx(se_diff),
+        "difference_z": pytest.approx(15 / se_diff), "exceeds_noise": True}
+
+    # two gaps whose difference is within its noise: the larger one is named, not said to overfit more
+    near = _fake_run(tmp_path, "near", 0.9, [0.80, 0.90, 0.95, 0.975], [0.80, 0.89, 0.94, 0.96],
+                     [0.6, 0.4, 0.3, 0.25], CLASSES)
+    nearer = _fake_run(tmp_path, "nearer", 0.9, [0.80, 0.90, 0.95, 0.97], [0.80, 0.89, 0.94, 0.96],
+                       [0.6, 0.4, 0.3, 0.25], CLASSES)
+    c = _section(write_report([near, nearer], tmp_path / "r4.md")["text"], "Conclusion")
+    assert "near has a larger gap than nearer: its final train-eval - validation gap is +1.5 points" in c
+    assert "within noise, so neither overfits measurably more." in c and "overfits more than" not in c
 
     # other numbers, other conclusion: a tie, and no run overfitting
     a = _fake_run(tmp_path, "x/a", 0.9, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
     b = _fake_run(tmp_path, "x/b", 0.9004, [0.8, 0.85], [0.8, 0.85], [0.5, 0.4], CLASSES)
     c = _section(write_report([a, b], tmp_path / "r2.md")["text"], "Conclusion")
     assert "b and a are equally accurate" in c and "a does not overfit" in c and "b does not overfit" in c
-    assert "about the same speed" in c and "overfits more" not in c
+    assert "about the same speed" in c and "overfits more than" not in c
+    assert "have the same final train-eval - validation gap" in c and "neither overfits more." in c
 
     # runs with the same folder name are told apart by their parent folder
     twin = _fake_run(tmp_path / "y", "steady", 0.5, [0.5, 0.6], [0.5, 0.6], [0.5, 0.4], CLASSES)
@@ -263,7 +324,9 @@ def test_study_in_one_command(fashion_tfds_dir, tmp_path, capsys):
         results = json.loads((run_dir / "results.json").read_text())
         assert run["test_accuracy"] == results["test_accuracy"] and run["epochs"] == len(history) == 2
         assert run["train_eval_accuracy"] == history[-1]["train_eval_accuracy"]
-        assert run["overfitting"] == json.loads(json.dumps(overfitting(history)))  # the verdict follows the numbers
+        verdict = overfitting(history, subset_sizes(results))  # the verdict follows the numbers, with their noise
+        assert run["overfitting"] == json.loads(json.dumps(verdict)) and run["overfitting"]["val_size"] == 200
+        assert run["overfitting"]["gap_se_points"] > 0 and run["dataset"] == results["dataset"]
         assert run["overfitting"]["gap_points"] == pytest.approx(
             100 * (history[-1]["train_eval_accuracy"] - history[-1]["val_accuracy"]))
     assert " ".join(data_json["conclusion"]) == " ".join(result["conclusion"])

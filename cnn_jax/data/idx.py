@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["IdxError", "gunzip", "read_idx", "parse_idx"]
+__all__ = ["IdxError", "gunzip", "read_idx", "parse_idx", "idx_bytes"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
            0x0E: np.dtype(">f8")}
@@ -50,3 +50,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     with open(path, "rb") as f:
         return parse_idx(gunzip(f.read(), path), path)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX bytes of a uint8 array (MNIST's format: magic ``0x0000 08 <rank>``, big-endian dimensions, data)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"IDX bytes are written for uint8 arrays here, got {array.dtype}")
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()

@@ -25,8 +25,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn_jax.data.builders import ORIENTATION_KEY, check_data_dir, check_interrupt, interruptible, prepare
-from cnn_jax.data.sources import DataSourceError, canonical_name
+from cnn_jax.data.builders import (
+    ORIENTATION_KEY,
+    check_data_dir,
+    check_interrupt,
+    check_same_source,
+    interruptible,
+    prepare,
+    prepared_source,
+)
+from cnn_jax.data.sources import DataSourceError, canonical_name, source_label
 
 __all__ = ["ArraySplit", "Splits", "load", "CACHE_NAME", "split_validation"]
 
@@ -48,7 +56,11 @@ class ArraySplit:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """``train``/``val``/``test`` of one dataset; ``val`` is a seeded hold-out from TFDS's train split."""
+    """``train``/``val``/``test`` of one dataset; ``val`` is a seeded hold-out from TFDS's train split.
+
+    ``source``: the stand-in record of the prepared data (:func:`cnn_jax.data.sources.source_record`: its
+    ``label``, origin, split, ``fingerprint``), None for the dataset's own files; ``label`` names the data.
+    """
 
     train: ArraySplit
     val: ArraySplit
@@ -56,6 +68,12 @@ class Splits:
     name: str
     num_classes: int
     class_names: tuple[str, ...]
+    source: dict | None = None
+
+    @property
+    def label(self) -> str:
+        """How to name these data to a user (a stand-in is never called by the name it stands in for)."""
+        return source_label(self.name, self.source)
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
@@ -178,11 +196,13 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
       progress: show a tqdm bar while decoding.
 
     Returns:
-      :class:`Splits` with uint8 NHWC ``(N, 28, 28, 1)`` images and int32 labels.
+      :class:`Splits` with uint8 NHWC ``(N, 28, 28, 1)`` images and int32 labels; ``source`` says when the
+      prepared data are a stand-in (:mod:`cnn_jax.data.standin`).
 
     Raises:
       DatasetNotFoundError: not prepared, no local files, download not allowed or hosts unreachable.
-      DataSourceError / IdxError: bad raw files (naming the file).
+      DataSourceError / IdxError: bad raw files (naming the file); ``source_dir`` holding other files than the
+        prepared copy was made from (a stand-in against NIST's), with how to replace it.
       DataDirError: the data dir is not a folder, or is not writable when the dataset must be prepared
         there (a read-only data dir holding the prepared dataset is read as is; the decode cache is then
         not written, with a warning).
@@ -194,6 +214,8 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     if not builder.is_prepared():
         prepare(name, source_dir=source_dir, data_dir=root, download=download, verify=verify)
         builder = tfds.builder(name, data_dir=os.fspath(root))
+    else:  # a stand-in given where the dataset's own files were prepared (or the other way round): refused
+        check_same_source(name, builder.data_path, source_dir, data_dir)
     if builder.info.file_format is not None and builder.info.file_format.value != "array_record":
         raise DataSourceError(f"{builder.data_path}: prepared as {builder.info.file_format.value}, which "
                               "tfds.data_source cannot read; delete it and prepare again with "
@@ -223,4 +245,5 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     train, val, _ = split_validation(arrays["train_images"], arrays["train_labels"], val_size, seed)
     label = builder.info.features["label"]
     return Splits(train=train, val=val, test=ArraySplit(arrays["test_images"], arrays["test_labels"]),
-                  name=name, num_classes=int(label.num_classes), class_names=tuple(label.names))
+                  name=name, num_classes=int(label.num_classes), class_names=tuple(label.names),
+                  source=prepared_source(data_path))

@@ -4,17 +4,23 @@ Everything here is plain NumPy + the standard library (no TFDS, no TensorFlow). 
 ``{"train": (images, labels), "test": (images, labels)}`` with ``images`` uint8 ``(N, 28, 28)`` in the
 file's own orientation and ``labels`` int64 ``(N,)``. Every failure raises :class:`DataSourceError`
 (or :class:`~cnn_jax.data.idx.IdxError`, both ``ValueError``) naming the offending file.
+
+A *stand-in* (:mod:`cnn_jax.data.standin`) is laid out like NIST's files and carries a ``STAND-IN.json``
+beside them that says what it really is (:func:`read_provenance`); its own checksums and counts then replace
+NIST's, and :func:`source_record` is what travels with the prepared data so that it is never labelled EMNIST.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +32,14 @@ __all__ = [
     "DataSourceError",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "STANDIN_KIND",
+    "STANDIN_MEMBER",
     "canonical_name",
     "find_source",
+    "read_provenance",
     "read_source",
+    "source_label",
+    "source_record",
 ]
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -170,6 +181,92 @@ def _has_files(spec: DatasetSpec, directory: Path) -> bool:
     return all(any(p.exists() for p in _candidates(directory, f)) for f in spec.files.values())
 
 
+# ------------------------------------------------------------------------------------------ stand-ins
+#: The file, beside NIST's in a stand-in (``gzip/STAND-IN.json`` in its zip), that says what it is.
+STANDIN_MEMBER = "STAND-IN.json"
+#: Its ``kind``.
+STANDIN_KIND = "cnn_jax.stand-in"
+_STANDIN_FORMAT = 1
+
+
+def _locate(spec: DatasetSpec, source: Path) -> tuple[Path | None, Path | None]:
+    """``(zip file, None)`` or ``(None, folder of IDX files)``: where :func:`read_source` reads ``source``."""
+    if source.is_file():
+        return source, None
+    if spec.zip_name and not all(any(p.exists() for p in _candidates(source, f)) for f in spec.files.values()):
+        return source / spec.zip_name, None
+    return None, source
+
+
+def _check_provenance(record: Any, spec: DatasetSpec, where: str) -> dict[str, Any]:
+    fix = (f"build the stand-in again (python -m cnn_jax.data stand-in {spec.name} --out DIR) or give "
+           f"{spec.name}'s own files")
+    if not isinstance(record, dict) or record.get("kind") != STANDIN_KIND:
+        raise DataSourceError(f"{where}: not a cnn_jax stand-in record (no \"kind\": \"{STANDIN_KIND}\"); {fix}")
+    if record.get("format") != _STANDIN_FORMAT:
+        raise DataSourceError(f"{where}: stand-in record format {record.get('format')!r}, this cnn_jax reads "
+                              f"{_STANDIN_FORMAT}; {fix}")
+    if record.get("stands_in_for") != spec.name:
+        raise DataSourceError(f"{where}: a stand-in for {record.get('stands_in_for')!r}, not {spec.name}; {fix}")
+    sha, counts = record.get("sha256"), record.get("counts")
+    ok = (isinstance(record.get("label"), str) and record["label"]
+          and isinstance(sha, dict) and set(sha) == set(spec.files)
+          and all(isinstance(v, str) and len(v) == 64 for v in sha.values())
+          and isinstance(counts, list) and len(counts) == 2 and all(isinstance(c, int) and c > 0 for c in counts))
+    if not ok:
+        raise DataSourceError(f"{where}: incomplete stand-in record (needs label, sha256 of {', '.join(spec.files)} "
+                              f"and counts); {fix}")
+    return record
+
+
+def read_provenance(name: str, source: str | os.PathLike | dict) -> dict[str, Any] | None:
+    """The stand-in record (``STAND-IN.json``) of ``name``'s raw files at ``source``, or None for files that
+    are not a stand-in (NIST's own, a download, ``{kind: path}``) or cannot be read (:func:`read_source` says why).
+    A malformed record raises :class:`DataSourceError`."""
+    if isinstance(source, dict):
+        return None
+    spec = DATASETS[canonical_name(name)]
+    zip_path, folder = _locate(spec, Path(source).expanduser())
+    if folder is not None:
+        path = next((p for p in (folder / STANDIN_MEMBER, folder / "gzip" / STANDIN_MEMBER) if p.is_file()), None)
+        if path is None:
+            return None
+        where, raw = str(path), path.read_bytes()
+    else:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                names = set(zf.namelist())
+                member = next((m for m in (spec.zip_member_dir + STANDIN_MEMBER, STANDIN_MEMBER) if m in names), None)
+                if member is None:
+                    return None
+                where, raw = f"{zip_path}:{member}", zf.read(member)
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError):
+            return None
+    try:
+        record = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataSourceError(f"{where}: unreadable stand-in record ({type(e).__name__}); build the stand-in "
+                              f"again (python -m cnn_jax.data stand-in {spec.name} --out DIR)") from None
+    return _check_provenance(record, spec, where)
+
+
+def source_record(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a prepared dataset (and a run) records of a stand-in: its label, what it stands in for, where it came
+    from, its split and a fingerprint of its content (SHA-256 over its files' SHA-256); None for the dataset's
+    own files."""
+    if provenance is None:
+        return None
+    digest = hashlib.sha256(json.dumps(provenance["sha256"], sort_keys=True).encode()).hexdigest()
+    return {"kind": "stand-in", "label": provenance["label"], "stands_in_for": provenance["stands_in_for"],
+            "origin": provenance.get("origin"), "split": provenance.get("split"), "counts": provenance["counts"],
+            "fingerprint": digest}
+
+
+def source_label(name: str, record: dict[str, Any] | None) -> str:
+    """How to name the data to a user: a stand-in's label, else the dataset's TFDS name."""
+    return record["label"] if record else canonical_name(name)
+
+
 # ------------------------------------------------------------------------------------------ reading
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -188,10 +285,7 @@ def _load_members(spec: DatasetSpec, source: Path | dict[str, Path],
             path = Path(source[kind])
             out[kind] = (str(path), gunzip(path.read_bytes(), str(path)))
         return out
-    zip_path = source if source.is_file() else None
-    if zip_path is None and not all(any(p.exists() for p in _candidates(source, f))
-                                    for f in spec.files.values()):
-        zip_path = source / spec.zip_name  # _has_files said the zip is there
+    zip_path, _ = _locate(spec, source)  # a folder without the IDX files: find_source said the zip is there
     out = {}
     if zip_path is not None:
         if verify and spec.zip_sha256 and zip_path.stat().st_size == spec.zip_size:
@@ -229,21 +323,27 @@ def read_source(name: str, source: str | os.PathLike | dict[str, str | os.PathLi
 
     ``verify=True`` checks the decompressed content's SHA-256 where known (Fashion-MNIST), the official
     zip's registered SHA-256 (EMNIST, when the zip has the official size) and the expected example
-    counts; ``verify=False`` (tests, custom data) keeps only the structural checks (magic numbers,
-    shapes, image/label counts agree, labels in range).
+    counts; for a stand-in (:func:`read_provenance`) the SHA-256 and counts its record gives instead.
+    ``verify=False`` (tests, custom data) keeps only the structural checks (magic numbers, shapes,
+    image/label counts agree, labels in range).
     """
     spec = DATASETS[canonical_name(name)]
-    members = _load_members(spec, source if isinstance(source, dict) else Path(source), verify)
+    provenance = read_provenance(spec.name, source)
+    checksums = provenance["sha256"] if provenance else spec.sha256
+    counts = tuple(provenance["counts"]) if provenance else spec.counts
+    what = f"{spec.name}'s" if provenance is None else f"the stand-in's ({provenance['label']})"
+    members = _load_members(spec, source if isinstance(source, dict) else Path(source).expanduser(),
+                            verify and provenance is None)
     arrays: dict[str, np.ndarray] = {}
     for kind, (where, data) in members.items():
         if progress:
             progress(where)
-        if verify and spec.sha256:
+        if verify and checksums:
             digest = hashlib.sha256(data).hexdigest()
-            if digest != spec.sha256[kind]:
+            if digest != checksums[kind]:
                 raise DataSourceError(f"{where}: checksum mismatch (sha256 of decompressed content {digest}, "
-                                      f"expected {spec.sha256[kind]}); the file is corrupt or not "
-                                      f"{spec.name}'s {kind.replace('_', ' ')}")
+                                      f"expected {checksums[kind]}); the file is corrupt or not "
+                                      f"{what} {kind.replace('_', ' ')}")
         arr = parse_idx(data, where)
         want_ndim = 3 if kind.endswith("images") else 1
         if arr.ndim != want_ndim or arr.dtype != np.uint8 or (want_ndim == 3 and arr.shape[1:] != (28, 28)):
@@ -251,14 +351,14 @@ def read_source(name: str, source: str | os.PathLike | dict[str, str | os.PathLi
             raise DataSourceError(f"{where}: expected uint8 {what}, got {arr.dtype} {arr.shape}")
         arrays[kind] = arr
     out: Arrays = {}
-    for split, count in zip(("train", "test"), spec.counts, strict=True):
+    for split, count in zip(("train", "test"), counts, strict=True):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
             raise DataSourceError(f"{members[f'{split}_images'][0]} has {len(images)} images but "
                                   f"{members[f'{split}_labels'][0]} has {len(labels)} labels")
         if verify and len(images) != count:
             raise DataSourceError(f"{members[f'{split}_images'][0]}: {len(images)} examples, expected "
-                                  f"{count} for {spec.name} {split}")
+                                  f"{count} for {what} {split} split")
         if labels.size and labels.max() >= 10:
             raise DataSourceError(f"{members[f'{split}_labels'][0]}: label {labels.max()} "
                                   "out of range [0, 10)")
