@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
-.PHONY: setup train study standin study-standin demo tensorboard test lint
+.PHONY: setup train study standin study-standin demo tensorboard test lint device-check
 # Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
 ARGS ?=
 setup: $(STAMP)
@@ -35,6 +35,12 @@ study-standin: $(STAMP)
 
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py
+
+# The device check (benchmarks/device_check.py, README "Device check"): on a GPU/TPU machine it runs from the
+# checkout with that machine's python3 (no venv, no install); `make device-check ARGS=--smoke` checks it on CPU.
+DEVICE_PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+device-check:
+	PYTHONPATH=. $(DEVICE_PYTHON) benchmarks/device_check.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir checkpoints

@@ -155,7 +155,8 @@ def flax_example_runner(model: str, batch: int) -> Runner:
     return run
 
 
-def _torch(model: str, batch: int, bf16: bool) -> Runner:
+def _torch(model: str, batch: int, bf16: bool, device: str = "cpu") -> Runner:
+    """PyTorch eager on ``device`` (``"cpu"``, or ``"cuda"``: data on the GPU too, each run synchronized)."""
     import torch
     from torch import nn
 
@@ -172,11 +173,15 @@ def _torch(model: str, batch: int, bf16: bool) -> Runner:
             c = w
         net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(3 * 3 * c, 256, bias=False), nn.BatchNorm1d(256),
                             nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, NUM_CLASSES))
+    if device != "cpu":
+        net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     images, labels = synthetic_data(max(16 * batch, 8192))
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # NCHW
     y_all = torch.from_numpy(labels).long()
+    if device != "cpu":
+        x_all, y_all = x_all.to(device), y_all.to(device)
     n = len(images) // batch
     box = {"i": 0}
 
@@ -186,11 +191,13 @@ def _torch(model: str, batch: int, bf16: bool) -> Runner:
             i = box["i"] % n
             x, y = x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
             box["i"] += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return run
 
@@ -224,12 +231,15 @@ def _steps_for(run: Runner, window: float) -> int:
         k *= 2
 
 
-def measure(model: str, batch: int, rounds: int, window: float, names: list[str]) -> dict[str, dict]:
-    """``{runner: {"images_per_s": median, "low": min, "high": max, "steps": per window, "windows": [...]}}``."""
+def measure(model: str, batch: int, rounds: int, window: float, names: list[str],
+            factories: dict[str, Callable[[str, int], Runner]] | None = None) -> dict[str, dict]:
+    """``{runner: {"images_per_s": median, "low": min, "high": max, "steps": per window, "windows": [...]}}``;
+    ``factories``: runners by name (default :data:`RUNNERS`)."""
+    factories = RUNNERS if factories is None else factories
     runners, steps = {}, {}
     for name in names:
         try:
-            runners[name] = RUNNERS[name](model, batch)
+            runners[name] = factories[name](model, batch)
         except (ImportError, NotImplementedError) as e:
             if not isinstance(e, NotImplementedError):
                 print(f"  skipping {name}: {e}")

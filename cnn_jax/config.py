@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnn_jax.backend import DEFAULT_PRECISION
+
 __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "PRESETS", "flag",
            "differences"]
 
@@ -161,7 +163,7 @@ class TrainConfig(_Section):
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     clip: float | None = None
-    precision: str = "f32"
+    precision: str = DEFAULT_PRECISION
     seed: int = 0
     microbatch: int | str | None = AUTO
     early_stopping_patience: int | None = None

@@ -11,6 +11,7 @@ Every function works on batched ``(N, H, W, C)`` or unbatched ``(H, W, C)`` inpu
 ``impl=None`` picks :func:`default_impl` for the default backend. Shapes are checked at trace time and
 bad arguments raise ``ValueError``/``TypeError`` naming the argument. Matmuls go through :func:`dot_general`:
 bfloat16/float16 operands accumulate in float32 (forward and backward), float32 is ``lax.dot_general``.
+A call without ``precision`` gets :func:`cnn_jax.backend.matmul_precision` (full float32 on GPU/TPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnn_jax import backend as _backend
+
 Impl = Literal["native", "im2col"]
 Padding = str | int | Sequence[tuple[int, int]]
 IMPLS: tuple[str, ...] = ("native", "im2col")
@@ -32,13 +35,9 @@ __all__ = ["conv2d", "max_pool", "avg_pool", "dot_general", "default_impl", "con
 
 
 def default_impl(backend: str | None = None) -> Impl:
-    """The faster implementation for ``backend`` (default: JAX's default backend).
-
-    im2col + matmul on CPU (measured several times faster than XLA-CPU's conv, see
-    ``benchmarks/primitives.py``); the native conv elsewhere (cuDNN / the TPU conv unit).
-    """
-    backend = backend or jax.default_backend()
-    return "im2col" if backend == "cpu" else "native"
+    """The faster implementation for ``backend`` (default: JAX's default backend): the rule
+    :func:`cnn_jax.backend.conv_impl` (im2col + matmul on CPU, the native conv elsewhere), with its reason."""
+    return _backend.conv_impl(backend)
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -182,6 +181,7 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision: la
     """``lax.dot_general``, except that bfloat16/float16 operands multiply with float32 accumulation, in the
     forward and the backward pass, each result rounded to their dtype once (XLA:CPU's fast low-precision
     path; bf16 -> bf16 dots take a slow one). Flax's ``dot_general`` signature (``nn.Dense(dot_general=...)``)."""
+    precision = _backend.matmul_precision(lhs.dtype) if precision is None else precision
     low = preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _LOW_PRECISION
     if low and rhs.ndim == 2 and tuple(map(tuple, dimension_numbers[0])) == ((lhs.ndim - 1,), (0,)) \
             and not any(dimension_numbers[1]):
@@ -253,6 +253,7 @@ def conv2d(
 
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
+    precision = _backend.matmul_precision(dtype) if precision is None else precision
     if impl == "im2col" and groups == 1 and dtype in _LOW_PRECISION:
         bias = None if bias is None else bias.astype(dtype)
         y = _conv_lowp(x, kernel, bias, s, pads, d, precision, x.shape)

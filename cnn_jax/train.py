@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
+from cnn_jax.backend import auto_microbatch
 from cnn_jax.checkpoint import (
     DIGEST,
     CheckpointError,
@@ -84,19 +85,16 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
 def resolve_microbatch(config: Config, model: nn.Module | None, input_shape: Sequence[int],
                        saved: dict[str, Any] | None = None) -> Config:
     """``train.microbatch="auto"`` made concrete: a resumed run's recorded choice (``saved``, its config dict);
-    else, on CPU, 16-image slices (32 for a model with batch norm, whose statistics then come from 32 images)
-    when they divide the global batch, as ``benchmarks/peers.py`` measured fastest there; off on other backends
-    and under ``pmap`` (whose slices would be per device). Other values are returned as they are."""
+    else the backend's rule, :func:`cnn_jax.backend.auto_microbatch` (on CPU 16-image slices, 32 for a model
+    with batch norm, when they divide the global batch; off on other backends and under ``pmap``). Other values
+    are returned as they are."""
     if config.train.microbatch != AUTO:
         return config
     if saved is not None:
         value = saved.get("train", {}).get("microbatch")  # runs from before "auto" recorded None
     else:
         stats = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
-        value = 32 if stats.get("batch_stats") else 16
-        b = config.train.batch_size
-        if jax.default_backend() != "cpu" or config.run.parallelism == "pmap" or b <= value or b % value:
-            value = None
+        value = auto_microbatch(bool(stats.get("batch_stats")), config.train.batch_size, config.run.parallelism)
     return config.replace(train=config.train.replace(microbatch=value))
 
 
@@ -236,7 +234,7 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------- data
 def load_data(config: Config):
     """The run's splits (``config.data``; ``limit`` cuts train and test) and its train/eval preprocessing."""
-    from cnn_jax.data import NORM_STATS, augment_for, load, normalize
+    from cnn_jax.data import load
 
     d = config.data
     splits = load(d.dataset, data_dir=d.data_dir, source_dir=d.source_dir, val_size=d.val_size,
@@ -245,10 +243,19 @@ def load_data(config: Config):
         splits = dataclasses.replace(splits, **{s: dataclasses.replace(
             getattr(splits, s), images=getattr(splits, s).images[:d.limit], labels=getattr(splits, s).labels[:d.limit])
             for s in ("train", "test")})
+    return splits, *preprocessing(config)
+
+
+def preprocessing(config: Config) -> tuple[Preprocess, Preprocess]:
+    """``(preprocess, eval_preprocess)`` of a run of ``config``: uint8 NHWC batches to float, augmented in [0, 1]
+    (shifts fill with black, the background) then standardised for training; standardised only for evaluation."""
+    from cnn_jax.data.augment import NORM_STATS, augment_for, normalize
+
+    d = config.data
     aug = augment_for(d.dataset, d.augment) if d.augment else None
     stats = NORM_STATS.get(d.dataset)
 
-    def preprocess(key, x):  # augment in [0, 1] (shifts fill with black, the background), then standardise
+    def preprocess(key, x):
         x = normalize(x)
         x = aug(key, x) if aug is not None else x
         return x if stats is None else (x - stats[0]) / stats[1]
@@ -256,7 +263,7 @@ def load_data(config: Config):
     def eval_preprocess(key, x):
         return normalize(x, d.dataset)
 
-    return splits, preprocess, eval_preprocess
+    return preprocess, eval_preprocess
 
 
 # ---------------------------------------------------------------------------------------------- loop

@@ -35,23 +35,13 @@ from cnn_jax.data.builders import (
     prepared_source,
 )
 from cnn_jax.data.sources import DataSourceError, canonical_name, source_label
+from cnn_jax.data.splits import ArraySplit, split_validation
 
 __all__ = ["ArraySplit", "Splits", "load", "CACHE_NAME", "split_validation"]
 
 CACHE_NAME = "cnn_jax_decoded.npz"
 _CACHE_FORMAT = 1
 _CHUNK = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class ArraySplit:
-    """One split: ``images`` uint8 ``(N, 28, 28, 1)`` NHWC, ``labels`` int32 ``(N,)``."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,22 +64,6 @@ class Splits:
     def label(self) -> str:
         """How to name these data to a user (a stand-in is never called by the name it stands in for)."""
         return source_label(self.name, self.source)
-
-
-def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
-                     seed: int) -> tuple[ArraySplit, ArraySplit, np.ndarray]:
-    """Hold out ``val_size`` random examples (seeded) of a train split: ``(train, val, val_indices)``.
-
-    Both parts keep the original order of the examples they contain.
-    """
-    n = len(labels)
-    if not 0 <= val_size < n:
-        raise ValueError(f"--val-size {val_size} must be in [0, {n}): the train split has {n} examples")
-    perm = np.random.default_rng(seed).permutation(n)
-    val_idx = np.sort(perm[:val_size])
-    keep = np.ones(n, bool)
-    keep[val_idx] = False
-    return (ArraySplit(images[keep], labels[keep]), ArraySplit(images[val_idx], labels[val_idx]), val_idx)
 
 
 # --------------------------------------------------------------------------------------------- cache
