@@ -1,6 +1,6 @@
 """The run configuration: one typed, nested, frozen dataclass and the named presets.
 
-``Config(data, model, train, run)`` is everything a run is. ``PRESETS`` (``lab``, ``best``) are named
+``Config(data, model, train, run)`` is everything a run is. ``PRESETS`` (``lab``, ``fast``, ``best``) are named
 configs to copy: ``PRESETS["lab"].override({"train.lr": 3e-3, "data.limit": 2000})``. Every value is checked
 once, when the config is built: a bad one raises :class:`ConfigError` in one line naming its flag and the
 allowed values. The ``run`` section and the ``data`` fields marked runtime say *how* a run is computed
@@ -294,4 +294,11 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(name="bn_cnn", widths=(48, 96, 192), dropout=0.2, conv_dropout=0.0),
         train=TrainConfig(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=24, weight_decay=5e-4,
                           label_smoothing=0.05, clip=1.0, microbatch=32)),
+    # Issue 22's recipe search (README "Results", chosen on validation over 3 seeds): `best`'s recipe on a small
+    # ResNet (the DAWNBench ResNet-9 shape, 16-32-64-128 channels) in half the epochs, 16-image micro-batches.
+    "fast": Config(
+        data=DataConfig(augment=("translate", "flip"), tta=("flip",)),
+        model=ModelConfig(name="resnet", widths=(16, 32, 64, 128)),
+        train=TrainConfig(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=12, weight_decay=5e-4,
+                          label_smoothing=0.05, clip=1.0, microbatch=16)),
 }

@@ -1,4 +1,4 @@
-"""Train a CNN on EMNIST Digits: ``--preset lab`` (the notebook's CNN) or ``--preset best`` (regularised).
+"""Train a CNN on EMNIST Digits: ``--preset lab`` (the notebook's CNN), ``fast`` or ``best`` (no flips for digits).
 
 The first time it downloads NIST's ``gzip.zip`` (562 MB), or takes it from ``--source-dir``; see the README's
 Datasets section. ``--source-dir`` may also be the MNIST digits stand-in (``python -m cnn_jax.data stand-in

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cnn_jax.cli import parse
+from cnn_jax.config import PRESETS, Config, DataConfig, ModelConfig, TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +34,7 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     assert set(report["gemm_peak_gflops"]) == {"f32", "bf16"} and min(report["gemm_peak_gflops"].values()) > 0
     assert all(len(v) == 3 and max(v) == report["gemm_peak_gflops"][k] for k, v in report["gemm_peaks_seen"].items())
     assert 15 < report["train_mflop_per_image"]["lab"] < 17 < report["train_mflop_per_image"]["bn"]
-    assert __import__("json").loads(out.read_text())["results"] == report["results"]
+    assert json.loads(out.read_text())["results"] == report["results"]
     assert list(report["breakdown_ms"]) == ["forward", "forward+backward", "full train step"]
     assert all(v > 0 for v in report["breakdown_ms"].values())
     assert [k.split()[0] for k in report["layers"]] == ["conv1", "conv2", "dense"]
@@ -40,30 +43,46 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
 
 
 def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):
-    """Two settings x two seeds, each in its own run folder, the order rotated per seed; the summary's
-    means and ratios come from the runs' own per-epoch records."""
+    """The default settings (the pinned 2026-11 baseline and the fast preset) x two seeds, each in its own run
+    folder, the order rotated per seed; the summary's means and ratios come from the runs' own per-epoch records."""
     out = tmp_path / "tta.json"
     report = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["main"](
         ["--smoke", "--seeds", "0", "1", "--json", str(out), "--", "--data-dir", str(fashion_tfds_dir),
          "--workdir", str(tmp_path)])
-    assert [(r["seed"], r["setting"]) for r in report["runs"]] == [(0, "f32"), (0, "bf16"), (1, "bf16"), (1, "f32")]
+    assert [(r["seed"], r["setting"]) for r in report["runs"]] == [(0, "f32"), (0, "fast"), (1, "fast"), (1, "f32")]
     for r in report["runs"]:
-        assert set(r["reached"]) == {"0.92", "0.93", "0.94"}
+        assert set(r["reached"]) == {"0.92", "0.93", "0.94", "0.95"}
         assert [e for e, _, _ in r["per_epoch"]] == [1, 2]
         elapsed = [t for _, t, _ in r["per_epoch"]]
         assert 0 < elapsed[0] < elapsed[1] == r["train_wall_seconds"]
         run_dir = tmp_path / f"tta-{r['setting']}-seed{r['seed']}"
-        results = __import__("json").loads((run_dir / "results.json").read_text())
+        results = json.loads((run_dir / "results.json").read_text())
         assert r["per_epoch"][-1][2] == results["test_accuracy"]  # per-epoch test eval == final eval
-        assert __import__("json").loads((run_dir / "config.json").read_text())["train"]["precision"] == r["setting"]
+        model = json.loads((run_dir / "config.json").read_text())["model"]["name"]
+        assert model == {"f32": "bn_cnn", "fast": PRESETS["fast"].model.name}[r["setting"]]
     summary = report["summary"]
-    for s in ("f32", "bf16"):
+    for s in ("f32", "fast"):
         accs = [r["final_test_accuracy"] for r in report["runs"] if r["setting"] == s]
         assert summary[s]["mean_final_test_accuracy"] == sum(accs) / 2
     assert all(v in (None, 1.0) for v in summary["f32"]["time_ratio"].values())
     printed = capsys.readouterr().out
-    assert "f32 seed 0: test accuracy >= 92%" in printed and "bf16: mean over seeds [0, 1]" in printed
-    assert __import__("json").loads(out.read_text())["summary"] == summary
+    assert "f32 seed 0: test accuracy >= 92%" in printed and "fast: mean over seeds [0, 1]" in printed
+    assert json.loads(out.read_text())["summary"] == summary
+
+
+def test_time_to_accuracy_baseline_stays_the_2026_11_best(tmp_path):
+    """The baseline settings are the `best` preset of 2026-11-24 flag by flag, whatever the presets are now;
+    `fast` and `best` are today's presets."""
+    settings = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["SETTINGS"]
+    best_2026_11 = Config(
+        data=DataConfig(augment=("translate", "flip"), tta=("flip",)),
+        model=ModelConfig(name="bn_cnn", widths=(48, 96, 192), dropout=0.2, conv_dropout=0.0),
+        train=TrainConfig(optimizer="adamw", lr=3e-3, schedule="onecycle", epochs=24, weight_decay=5e-4,
+                          label_smoothing=0.05, clip=1.0, microbatch=32, precision="f32"))
+    built = {k: parse("fashion_mnist", [*v, "--workdir", str(tmp_path)])[0] for k, v in settings.items()}
+    assert built["f32"] == best_2026_11
+    assert built["bf16"] == best_2026_11.replace(train=best_2026_11.train.replace(precision="bf16"))
+    assert built["fast"] == PRESETS["fast"] and built["best"] == PRESETS["best"]
 
 
 def _tta_run(setting: str, seed: int, seconds: float | None, acc: float) -> dict:

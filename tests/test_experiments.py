@@ -100,9 +100,11 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
                                     "--workdir", str(tmp_path / "runs")])
     _check_run(tmp_path / "runs" / "lab", 1)
     assert results["dataset"] == "emnist/digits" and results["num_test"] == 100
-    # the best preset's flips never apply to digits
-    config, _, _ = parse("emnist_digits", ["--preset", "best", "--workdir", str(tmp_path / "runs")])
-    assert config.data.augment == ("translate",) and config.data.tta == ()
+    # the presets' flips never apply to digits
+    for preset in ("best", "fast"):
+        config, _, _ = parse("emnist_digits", ["--preset", preset, "--workdir", str(tmp_path / "runs")])
+        assert config.data.augment == ("translate",) and config.data.tta == ()
+        assert config.model == PRESETS[preset].model and config.train == PRESETS[preset].train
     # early stopping: a learning rate too small to change the validation accuracy stops after patience + 1 epochs
     stopped = run("emnist/digits", ["--epochs", "4", "--batch-size", "32", "--val-size", "50", "--no-progress",
                                     "--lr", "1e-12", "--early-stopping", "1", "--data-dir", str(tmp_path / "tfds"),

@@ -15,9 +15,9 @@ import pytest
 from synthetic import make_data, train
 
 from cnn_jax.checkpoint import RunCheckpointer
-from cnn_jax.config import Config, ConfigError, ModelConfig, RunConfig, TrainConfig, differences
+from cnn_jax.config import PRESETS, Config, ConfigError, ModelConfig, RunConfig, TrainConfig, differences
 from cnn_jax.models import ResNet
-from cnn_jax.train import Trainer
+from cnn_jax.train import Trainer, build_model, preprocessing
 from cnn_jax.train_state import ema_of_params, eval_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,35 @@ def test_resnet_with_ema_on_eight_devices_equals_one(parallelism):
     for x, y in zip(jax.tree.leaves(eight), jax.tree.leaves(one), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5)
     assert t.trace_counts["train_chunk"] == 1
+
+
+def _fast_trainer(parallelism: str) -> Trainer:
+    """The `fast` preset's recipe (augmentations, TTA, optimizer, micro-batches) on a tiny ResNet."""
+    preset = PRESETS["fast"]
+    micro = preset.train.microbatch
+    cfg = preset.override({"model.widths": (4, 8, 8, 8), "train.batch_size": 2 * micro, "train.epochs": 2,
+                           "run.parallelism": parallelism, "run.eval_batch_size": 32})
+    return Trainer(build_model(cfg, 10), cfg, len(DATA[0]), (28, 28, 1), *preprocessing(cfg))
+
+
+def test_fast_preset_on_eight_devices_equals_one_and_resumes_bit_identically(tmp_path):
+    assert PRESETS["fast"].model.name == "resnet" and isinstance(PRESETS["fast"].train.microbatch, int)
+    ref = _fast_trainer("none")
+    one = ref.host_state(train(ref, DATA, 2))
+    t = _fast_trainer("sharded")
+    eight = t.host_state(train(t, DATA, 2))
+    for x, y in zip(jax.tree.leaves(eight), jax.tree.leaves(one), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5)
+    assert t.trace_counts["train_chunk"] == 1 and ref.trace_counts["train_chunk"] == 1
+    a = _fast_trainer("none")
+    ck = RunCheckpointer(tmp_path / "ck")
+    ck.save(1, a.host_state(train(a, DATA, 1)), {})
+    ck.wait()
+    b = _fast_trainer("none")
+    got = b.host_state(train(b, DATA, 1, b.place_state(ck.restore(b.abstract_state()).state)))
+    ck.close()
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(one), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_config_checks_and_older_records():
