@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path):
     cases = {
         ("--data", str(tmp_path / "nowhere")): "no such folder",
         ("--data", str(partial)): "missing train-labels-idx1-ubyte.gz",
-        ("--preset", "nope"): "--preset nope: unknown; choose from best, lab",
+        ("--preset", "nope"): f"--preset nope: unknown; choose from {', '.join(sorted(PRESETS))}",
         ("--set", "train.lr=-1"): "--lr must be a finite number > 0",
         ("--set", "train.lr"): "expected KEY=VALUE",
         ("--budget", "0"): "must be > 0 seconds",
