@@ -1,4 +1,4 @@
-"""Train a CNN on Fashion-MNIST: ``--preset lab`` (the notebook's CNN), ``fast`` (least time to 94%) or ``best``.
+"""Train a CNN on Fashion-MNIST: ``--preset lab`` (the notebook's CNN), ``fast`` (a small ResNet) or ``best``.
 
     python experiments/fashion_mnist.py --preset best --epochs 30        # --help lists every flag
 """
