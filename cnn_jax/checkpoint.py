@@ -168,7 +168,7 @@ class RunCheckpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged; try the previous one
-                _DAMAGED_READS.paths.add(f"{self.directory / str(s)}/")
+                _REPORTED_IO.paths.add(f"{self.directory / str(s)}/")
                 gc.collect()  # its unawaited reads' errors, logged now (and dropped), not at a random later time
                 errors.append(f"step {s}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
                 damaged.append(s)
@@ -305,32 +305,33 @@ def _closed_loop_callback(unraisable: Any) -> bool:
     return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
 
 
-class _DropDamagedReads(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" tracebacks of TensorStore reads that failed in a
-    checkpoint already reported as damaged (the other reads of the same restore, dropped unawaited)."""
+class _DropReportedIO(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" tracebacks of TensorStore reads and writes whose
+    error was already reported in one line: reads of a checkpoint reported as damaged (the other reads of the
+    same restore, dropped unawaited), and writes that met a full disk (Orbax's other writer tasks)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.paths: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.exc_info[1]) if record.exc_info else ""
-        return not any(p in text for p in self.paths)
+        text = logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+        return not any(p in text for p in (*self.paths, _DISK_FULL))
 
 
-_DAMAGED_READS = _DropDamagedReads()
+_REPORTED_IO = _DropReportedIO()
 
 
 def _quiet_aborted_io() -> None:
     """Before a restore or training: the leftovers of aborted reads and writes, whose error was reported in one
     line (a damaged checkpoint by :meth:`RunCheckpointer.restore`, a full disk by the trainer), are dropped
     whenever they surface in this process: asyncio's logged tracebacks of the checkpoints in
-    ``_DAMAGED_READS.paths``, and TensorStore's callbacks into a closed event loop (which may come while the
-    failing call is still unwinding). Installed once."""
+    ``_REPORTED_IO.paths`` and of disk-full writes, and TensorStore's callbacks into a closed event loop
+    (which may come while the failing call is still unwinding). Installed once."""
     log = logging.getLogger("asyncio")
-    if _DAMAGED_READS in log.filters:
+    if _REPORTED_IO in log.filters:
         return
-    log.addFilter(_DAMAGED_READS)
+    log.addFilter(_REPORTED_IO)
     old_hook = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
