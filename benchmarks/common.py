@@ -1,9 +1,13 @@
-"""Helpers shared by the benchmark scripts: FLOP counts of the package's CNNs and measured GEMM peaks."""
+"""Helpers shared by the benchmark scripts: FLOP counts of the package's CNNs, measured GEMM peaks and the
+machine a figure came from."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,3 +49,29 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> floa
         jax.block_until_ready(f(a))
         times.append(time.perf_counter() - t)
     return 2 * n**3 / min(times) / 1e9
+
+
+def cpu_flags() -> str:
+    """The CPU flags that decide matmul speed (AVX2/FMA, AVX-512, bf16 dot products, AMX), from /proc/cpuinfo."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join(f for f in wanted if f" {f}" in flags)
+
+
+def cpu_model() -> str:
+    """The CPU's model name."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine(gemm_n: int = 2048) -> dict:
+    """The machine a measurement ran on: CPU model and flags, core count, the preloaded allocator, and the float32
+    GEMM peak (GFLOP/s, ``gemm_n``-sized, :func:`gemm_peak_gflops`) measured now."""
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+            "ld_preload": os.environ.get("LD_PRELOAD", ""), "gemm_peak_gflops": round(gemm_peak_gflops(gemm_n), 1)}

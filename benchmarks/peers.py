@@ -29,17 +29,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import cnn_forward_flops, gemm_peak_gflops  # benchmarks/ (the script's folder)
+from common import cnn_forward_flops, cpu_flags, cpu_model, gemm_peak_gflops  # benchmarks/ (the script's folder)
 from jax import lax
 
 from cnn_jax.files import write_json
@@ -352,23 +350,6 @@ def layer_profile(batch: int, steps: int, windows: int, microbatch: int = 16) ->
     return out
 
 
-def _cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f" {f}" in flags)
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
@@ -396,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
                 peaks_seen[k].append(gemm_peak_gflops(gemm_n, dtype=d))
     peaks = {k: max(v) for k, v in peaks_seen.items()}
     report = {
-        "date": started, "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cpu_count": os.cpu_count(),
+        "date": started, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
         "ld_preload": os.environ.get("LD_PRELOAD", ""), "rounds": a.rounds, "window_s": a.window,
         "gemm_peak_gflops": peaks, "gemm_peaks_seen": peaks_seen,

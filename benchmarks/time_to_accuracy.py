@@ -13,7 +13,8 @@ The test split is evaluated after every epoch for this measurement only (model s
 validation split). Wall time counts from the start of training (compilation and the per-epoch evaluations
 included, data loading not). Prints one line per run and threshold, then each setting's mean over the seeds
 and its ratio to the first setting, and each seed's ratio (its settings ran side by side) with their mean;
-writes JSON. ``--merge`` summarizes the runs of earlier JSON files together (e.g. seeds measured in different
+writes JSON with the machine (CPU, flags, float32 GEMM peak measured before and after). ``--merge``
+summarizes the runs of earlier JSON files together (e.g. seeds measured in different
 sittings, where only the per-seed ratios compare like with like) without training.
 """
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import jax
+from common import gemm_peak_gflops, machine  # benchmarks/ (the script's folder)
 
 from cnn_jax.files import write_json
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.merge:  # nothing to train
         parts = [json.loads(Path(f).read_text()) for f in a.merge]
         a.settings = a.settings or list(dict.fromkeys(r["setting"] for p in parts for r in p["runs"]))
-        report = {"merged": [{"file": f, "date": p["date"], "device": p["device"]}
+        report = {"merged": [{"file": f, "date": p["date"], "device": p["device"], "machine": p.get("machine")}
                              for f, p in zip(a.merge, parts, strict=True)],
                   "settings": {s: SETTINGS[s] for s in a.settings}, "runs": [r for p in parts for r in p["runs"]]}
         keys = [(r["setting"], r["seed"]) for r in report["runs"]]
@@ -128,15 +130,22 @@ def main(argv: list[str] | None = None) -> dict:
                      "measured different seeds")
     else:
         a.settings = a.settings or ["f32", "fast"]
+        gemm_n = 256 if a.smoke else 2048
         report = {"date": time.strftime("%Y-%m-%d %H:%M"), "backend": jax.default_backend(),
-                  "device": jax.devices()[0].device_kind, "device_count": jax.device_count(), "extra_flags": extra,
+                  "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+                  "machine": machine(gemm_n), "extra_flags": extra,
                   "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
+        m = report["machine"]
+        print(f"machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), float32 GEMM peak "
+              f"{m['gemm_peak_gflops']:.0f} GFLOP/s; LD_PRELOAD={m['ld_preload'] or '(none)'}", flush=True)
         for i, seed in enumerate(a.seeds):
             order = a.settings[i % len(a.settings):] + a.settings[:i % len(a.settings)]
             for s in order:
                 report["runs"].append(_one(seed, s, extra))
                 if a.json:  # after every run: a measurement cut short keeps what it measured
                     write_json(a.json, report)
+        report["gemm_peak_gflops_after"] = round(gemm_peak_gflops(gemm_n), 1)
+        print(f"float32 GEMM peak after the sitting: {report['gemm_peak_gflops_after']:.0f} GFLOP/s", flush=True)
     runs = report["runs"]
     settings = [s for s in a.settings if any(r["setting"] == s for r in runs)]
     summary = summarize(runs, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):
     assert all(v in (None, 1.0) for v in summary["f32"]["time_ratio"].values())
     printed = capsys.readouterr().out
     assert "f32 seed 0: test accuracy >= 92%" in printed and "fast: mean over seeds [0, 1]" in printed
+    assert report["machine"]["gemm_peak_gflops"] > 0 and report["gemm_peak_gflops_after"] > 0  # the machine named
+    assert report["machine"]["cpu_count"] == os.cpu_count() and "machine: " in printed
     assert json.loads(out.read_text())["summary"] == summary
 
 
