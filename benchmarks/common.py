@@ -70,8 +70,8 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def machine(gemm_n: int = 2048) -> dict:
-    """The machine a measurement ran on: CPU model and flags, core count, the preloaded allocator, and the float32
-    GEMM peak (GFLOP/s, ``gemm_n``-sized, :func:`gemm_peak_gflops`) measured now."""
+def machine() -> dict[str, object]:
+    """The machine a measurement ran on: CPU model and flags, core count and the preloaded allocator (the GEMM
+    peak, which drifts, each script measures beside its figures: :func:`gemm_peak_gflops`)."""
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
-            "ld_preload": os.environ.get("LD_PRELOAD", ""), "gemm_peak_gflops": round(gemm_peak_gflops(gemm_n), 1)}
+            "ld_preload": os.environ.get("LD_PRELOAD", "")}

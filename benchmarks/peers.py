@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import cnn_forward_flops, cpu_flags, cpu_model, gemm_peak_gflops  # benchmarks/ (the script's folder)
+from common import cnn_forward_flops, gemm_peak_gflops, machine  # benchmarks/ (the script's folder)
 from jax import lax
 
 from cnn_jax.files import write_json
@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
                 peaks_seen[k].append(gemm_peak_gflops(gemm_n, dtype=d))
     peaks = {k: max(v) for k, v in peaks_seen.items()}
     report = {
-        "date": started, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+        "date": started, **machine(),
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-        "ld_preload": os.environ.get("LD_PRELOAD", ""), "rounds": a.rounds, "window_s": a.window,
+        "rounds": a.rounds, "window_s": a.window,
         "gemm_peak_gflops": peaks, "gemm_peaks_seen": peaks_seen,
         "train_mflop_per_image": {m: train_flops(m) / 1e6 for m in a.models}, "results": [],
     }

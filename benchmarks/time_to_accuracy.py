@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         gemm_n = 256 if a.smoke else 2048
         report = {"date": time.strftime("%Y-%m-%d %H:%M"), "backend": jax.default_backend(),
                   "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-                  "machine": machine(gemm_n), "extra_flags": extra,
+                  "machine": {**machine(), "gemm_peak_gflops": round(gemm_peak_gflops(gemm_n), 1)},
+                  "extra_flags": extra,
                   "settings": {s: SETTINGS[s] for s in a.settings}, "runs": []}
         m = report["machine"]
         print(f"machine: {m['cpu']} ({m['cpu_count']} cores; {m['cpu_flags']}), float32 GEMM peak "
