@@ -14,8 +14,8 @@ validation split). Wall time counts from the start of training (compilation and 
 included, data loading not). Prints one line per run and threshold, then each setting's mean over the seeds
 and its ratio to the first setting, and each seed's ratio (its settings ran side by side) with their mean;
 writes JSON with the machine (CPU, flags, float32 GEMM peak measured before and after). ``--merge``
-summarizes the runs of earlier JSON files together (e.g. seeds measured in different
-sittings, where only the per-seed ratios compare like with like) without training.
+summarizes the runs of earlier JSON files together (e.g. seeds measured in different sittings, where only the
+per-seed ratios compare like with like) without training.
 """
 
 from __future__ import annotations
