@@ -26,6 +26,19 @@ def cnn_forward_flops(size: int = 28, channels: int = 1, widths: Sequence[int] =
     return out
 
 
+def resnet_forward_flops(size: int = 28, channels: int = 1, widths: Sequence[int] = (32, 64, 128, 256),
+                         residual: Sequence[int] = (1, 3), classes: int = 10) -> dict[str, float]:
+    """Forward FLOPs per image of :class:`cnn_jax.models.ResNet` (3x3 SAME convs): ``stem``, ``stage1``, ...
+    (each stage's conv before its pool, plus its residual block's two convs after it) and ``dense``."""
+    out, h, c = {"stem": 2.0 * size * size * 9 * channels * widths[0]}, size, widths[0]
+    for i, w in enumerate(widths[1:], start=1):
+        flops = 2.0 * h * h * 9 * c * w
+        h, c = h // 2, w
+        out[f"stage{i}"] = flops + (2 * 2.0 * h * h * 9 * w * w if i in residual else 0.0)
+    out["dense"] = 2.0 * c * classes
+    return out
+
+
 def lab_cnn_forward_flops(**kwargs) -> dict[str, float]:
     """:func:`cnn_forward_flops` of LabCNN (VALID convs 32, 64; dense 128)."""
     return cnn_forward_flops(**kwargs)

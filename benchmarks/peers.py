@@ -6,7 +6,8 @@
 Every row trains the whole step (forward, backward, Adam update) of one network at one batch size:
 
 * ``lab``: LabCNN (Conv32-Pool-Conv64-Pool-Dense128-Dropout-Dense10, 28x28x1);
-* ``bn``: the ``best`` preset's BN-CNN (widths 48/96/192, SAME convs, batch norm, dense 256, dropout 0.2).
+* ``bn``: the ``best`` preset's BN-CNN (widths 48/96/192, SAME convs, batch norm, dense 256, dropout 0.2);
+* ``resnet``: the ``fast`` preset's ResNet (16-32-64-128 channels, residual blocks at 14x14 and 3x3, batch norm).
 
 Runners: ``jax_defaults`` (``TrainConfig(batch_size=B, optimizer="adam")``: what a user gets without flags;
 ``microbatch="auto"``),
@@ -37,7 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import cnn_forward_flops, gemm_peak_gflops, machine  # benchmarks/ (the script's folder)
+from common import (  # benchmarks/ (the script's folder)
+    cnn_forward_flops,
+    gemm_peak_gflops,
+    machine,
+    resnet_forward_flops,
+)
 from jax import lax
 
 from cnn_jax.files import write_json
@@ -49,6 +55,8 @@ MODELS = {
     "lab": {"name": "lab_cnn", "kwargs": {}, "flops": {}, "best": {"microbatch": 16}},
     "bn": {"name": "bn_cnn", "kwargs": {"widths": (48, 96, 192), "dropout": 0.2, "conv_dropout": 0.0},
            "flops": {"widths": (48, 96, 192), "dense": 256, "padding": "SAME"}, "best": {"microbatch": 32}},
+    "resnet": {"name": "resnet", "kwargs": {"widths": (16, 32, 64, 128)}, "flops": {"widths": (16, 32, 64, 128)},
+               "best": {"microbatch": 16}},
 }
 LABELS = {"jax_defaults": "cnn_jax, defaults", "jax_best": "cnn_jax, best flags", "jax_bf16": "cnn_jax, bf16",
           "flax_example": "Flax example style", "torch_f32": "PyTorch eager f32",
@@ -61,7 +69,8 @@ def synthetic_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_flops(model: str) -> float:
-    return 3.0 * sum(cnn_forward_flops(**MODELS[model]["flops"]).values())
+    count = resnet_forward_flops if MODELS[model]["name"] == "resnet" else cnn_forward_flops
+    return 3.0 * sum(count(**MODELS[model]["flops"]).values())
 
 
 # --------------------------------------------------------------------------------------------- runners
@@ -153,6 +162,46 @@ def flax_example_runner(model: str, batch: int) -> Runner:
     return run
 
 
+def torch_net(model: str):
+    """The PyTorch twin of ``model``'s network (NCHW, the same layers and shapes as cnn_jax's)."""
+    from torch import nn
+
+    if model == "lab":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, NUM_CLASSES))
+    if model == "bn":
+        layers, c = [], 1
+        for w in MODELS["bn"]["kwargs"]["widths"]:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+            c = w
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(3 * 3 * c, 256, bias=False), nn.BatchNorm1d(256),
+                             nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, NUM_CLASSES))
+
+    def conv_bn(c: int, w: int, pool: bool = False) -> list:  # Conv -> (MaxPool 2) -> BN -> ReLU
+        return [nn.Conv2d(c, w, 3, padding=1, bias=False), *([nn.MaxPool2d(2)] if pool else []),
+                nn.BatchNorm2d(w), nn.ReLU()]
+
+    class Residual(nn.Module):
+        def __init__(self, w: int):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(w, w), *conv_bn(w, w))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * 0.125  # ResNet's logit_scale
+
+    widths = MODELS["resnet"]["kwargs"]["widths"]
+    layers = conv_bn(1, widths[0])
+    for i, w in enumerate(widths[1:], start=1):
+        layers += [*conv_bn(widths[i - 1], w, pool=True), *([Residual(w)] if i in (1, 3) else [])]
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], NUM_CLASSES),
+                         Scale())
+
+
 def _torch(model: str, batch: int, bf16: bool, device: str = "cpu") -> Runner:
     """PyTorch eager on ``device`` (``"cpu"``, or ``"cuda"``: data on the GPU too, each run synchronized)."""
     import torch
@@ -160,17 +209,7 @@ def _torch(model: str, batch: int, bf16: bool, device: str = "cpu") -> Runner:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    if model == "lab":
-        net = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, NUM_CLASSES))
-    else:
-        layers, c = [], 1
-        for w in MODELS["bn"]["kwargs"]["widths"]:
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
-            c = w
-        net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(3 * 3 * c, 256, bias=False), nn.BatchNorm1d(256),
-                            nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, NUM_CLASSES))
+    net = torch_net(model)
     if device != "cpu":
         net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

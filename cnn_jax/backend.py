@@ -5,6 +5,8 @@ test can take another backend's branch by patching ``jax.default_backend``. The 
 traced or a run starts, never at import (``jax.distributed`` must start before anything touches a device).
 
 * :func:`conv_impl` (``ops.default_impl``): im2col on CPU, the native convolution elsewhere.
+* :data:`INFERENCE_IMPL` (evaluation and prediction, :func:`cnn_jax.steps.inference_model`): the native
+  convolution and pooling on every backend.
 * :func:`auto_microbatch` (``train.microbatch="auto"``): 16/32-image slices on CPU, off elsewhere.
 * :data:`DEFAULT_PRECISION` (``train.precision``): float32 on every backend; bf16 is asked for.
 * :func:`matmul_precision` (float32 matmuls and convolutions): full float32 (``HIGHEST``) on GPU and TPU.
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["name", "conv_impl", "auto_microbatch", "DEFAULT_PRECISION", "matmul_precision",
+__all__ = ["name", "conv_impl", "INFERENCE_IMPL", "auto_microbatch", "DEFAULT_PRECISION", "matmul_precision",
            "user_matmul_precision", "describe", "REASONS"]
 
 Impl = Literal["native", "im2col"]
@@ -30,6 +32,10 @@ REASONS: dict[str, str] = {
     "conv_impl": "CPU: im2col + one matmul, several times XLA:CPU's convolution and fast inside lax.scan where "
                  "XLA:CPU's is not (benchmarks/primitives.py); GPU/TPU: the native convolution, which XLA hands "
                  "to cuDNN or the TPU's matrix unit",
+    "inference_impl": "forward passes without gradients (evaluation, prediction): XLA's own convolution and "
+                      "pooling on every backend; on CPU its forward pass (YNNPACK) evaluated the presets' networks "
+                      "1.8-3.7x faster than im2col (f32 and bf16, benchmarks/results/eval-speed-cpu-2026-12-02."
+                      "txt); only its backward pass is slow there, which evaluation does not take",
     "auto_microbatch": "CPU: gradient accumulation over 16-image slices (32 with batch norm) keeps im2col buffers "
                        "cache-sized, measured 1.2-1.5x the unsliced step (benchmarks/peers.py); GPU/TPU: off, a "
                        "whole batch is what keeps the device busy, and pmap's slices would be per device",
@@ -52,6 +58,10 @@ def name(backend: str | None = None) -> str:
 def conv_impl(backend: str | None = None) -> Impl:
     """The convolution and pooling implementation for ``backend``: ``"im2col"`` on CPU, ``"native"`` elsewhere."""
     return "im2col" if name(backend) == "cpu" else "native"
+
+
+#: The convolution and pooling implementation of forward-only passes (see :data:`REASONS`).
+INFERENCE_IMPL: Impl = "native"
 
 
 def auto_microbatch(batch_norm: bool, batch_size: int, parallelism: str, backend: str | None = None) -> int | None:
@@ -89,6 +99,7 @@ def describe(backend: str | None = None) -> dict[str, Any]:
     return {
         "backend": b,
         "conv_impl": {"value": conv_impl(b), "reason": REASONS["conv_impl"]},
+        "inference_impl": {"value": INFERENCE_IMPL, "reason": REASONS["inference_impl"]},
         "auto_microbatch": {"value": {"no batch norm, batch 128": auto_microbatch(False, 128, "none", b),
                                       "batch norm, batch 128": auto_microbatch(True, 128, "none", b)},
                             "reason": REASONS["auto_microbatch"]},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -135,6 +136,15 @@ def parse(dataset: str, argv: list[str] | None = None) -> tuple[Config, Path, ar
     return config, run_dir, args
 
 
+def resume_command(dataset: str, argv: list[str] | None) -> str:
+    """The command that resumes a stopped run: the process's own when it is the experiment script's (``argv``
+    None, or the process's arguments); else, for a run started from Python with its own flags (a benchmark, the
+    study), ``experiments/<dataset>.py`` with those flags."""
+    if argv is None or list(argv) == sys.argv[1:]:
+        return shlex.join(["python", sys.argv[0] or f"experiments/{dataset}.py", *sys.argv[1:]])
+    return shlex.join(["python", f"experiments/{dataset}.py", *argv])
+
+
 def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
     """The experiment scripts' entry: parse, start ``jax.distributed`` when asked or detected (before anything
     touches a device), train and evaluate. Errors are one line (exit 2 for flags, 1 for data/checkpoints,
@@ -166,6 +176,5 @@ def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(EXIT_SIGNAL["SIGINT"]) from None
     except StoppedError as e:
         if jax.process_index() == 0:
-            cmd = " ".join(["python", sys.argv[0] or "experiments/<dataset>.py", *(argv or sys.argv[1:])])
-            print(f"{e}; resume with the same command: {cmd}")
+            print(f"{e}; resume with the same command: {resume_command(dataset, argv)}")
         raise SystemExit(EXIT_SIGNAL.get(e.signal, 1)) from None

@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cnn_jax.backend import INFERENCE_IMPL
 from cnn_jax.config import PRECISIONS, TTA_NAMES
 from cnn_jax.train_state import TrainState, model_variables
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
-           "tta_logits", "COMPUTE_DTYPES", "cast_params", "eval_logits"]
+           "tta_logits", "COMPUTE_DTYPES", "cast_params", "inference_model", "eval_logits"]
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -56,11 +57,21 @@ def cast_params(params: Any, dtype: Any) -> Any:
     return params if dtype == jnp.float32 else jax.tree.map(lambda a: a.astype(dtype), params)
 
 
+def inference_model(model: nn.Module) -> nn.Module:
+    """``model`` as evaluation and prediction run it: with :data:`cnn_jax.backend.INFERENCE_IMPL` (the native
+    convolution and pooling) where its ``impl`` is left to the default (None); any other model as it is. The
+    parameters are the same."""
+    if getattr(model, "impl", "") is None:
+        return model.clone(impl=INFERENCE_IMPL)
+    return model
+
+
 def eval_logits(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, tta: Sequence[str] = (),
                 compute_dtype: Any = jnp.float32) -> jax.Array:
     """Inference-mode float32 logits ``(B, num_classes)`` for float NHWC ``x``, computed in ``compute_dtype``
-    as in training (:func:`cast_params`; batch statistics stay float32) and averaged over ``tta`` views."""
-    p = cast_params(params, compute_dtype)
+    as in training (:func:`cast_params`; batch statistics stay float32) by :func:`inference_model`, and
+    averaged over ``tta`` views."""
+    p, model = cast_params(params, compute_dtype), inference_model(model)
     return tta_logits(lambda v: _apply(model, p, batch_stats, v, False)[0], x.astype(compute_dtype), tta)
 
 

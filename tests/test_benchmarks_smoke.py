@@ -27,20 +27,55 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     report = runpy.run_path(str(ROOT / "benchmarks" / "peers.py"), run_name="bench")["main"](
         ["--smoke", "--markdown", "--json", str(out)])
     rows = {(r["model"], r["runner"]) for r in report["results"]}
-    jax_rows = {(m, r) for m in ("lab", "bn") for r in ("jax_defaults", "jax_best", "jax_bf16")}
+    jax_rows = {(m, r) for m in ("lab", "bn", "resnet") for r in ("jax_defaults", "jax_best", "jax_bf16")}
     assert jax_rows | {("lab", "flax_example")} <= rows  # the torch rows only where torch is installed
     assert ("bn", "flax_example") not in rows
     assert all(r["images_per_s"] > 0 and r["gflops"] > 0 and r["low"] <= r["images_per_s"] <= r["high"]
                for r in report["results"])
     assert set(report["gemm_peak_gflops"]) == {"f32", "bf16"} and min(report["gemm_peak_gflops"].values()) > 0
-    assert all(len(v) == 3 and max(v) == report["gemm_peak_gflops"][k] for k, v in report["gemm_peaks_seen"].items())
+    assert all(len(v) == 4 and max(v) == report["gemm_peak_gflops"][k]  # before, and after each of 3 models
+               for k, v in report["gemm_peaks_seen"].items())
     assert 15 < report["train_mflop_per_image"]["lab"] < 17 < report["train_mflop_per_image"]["bn"]
+    assert 100 < report["train_mflop_per_image"]["resnet"] < 105  # 3x 34.4 forward MFLOP
     assert json.loads(out.read_text())["results"] == report["results"]
     assert list(report["breakdown_ms"]) == ["forward", "forward+backward", "full train step"]
     assert all(v > 0 for v in report["breakdown_ms"].values())
     assert [k.split()[0] for k in report["layers"]] == ["conv1", "conv2", "dense"]
     printed = capsys.readouterr().out
     assert "% of GEMM peak" in printed and "| model | batch | runner |" in printed
+
+
+def test_step_profile_smoke(tmp_path, capsys):
+    """Per layer and pass: every ResNet conv and batch norm has a forward and a backward row, kernels named."""
+    out = tmp_path / "profile.json"
+    report = runpy.run_path(str(ROOT / "benchmarks" / "step_profile.py"), run_name="bench")["main"](
+        ["--smoke", "--models", "resnet", "--json", str(out)])
+    ours = report["models"]["resnet"]["cnn_jax"]
+    rows = {(r["layer"], r["pass"]): r for r in ours["by_layer"]}
+    for i in range(8):  # the stem, three stage convs and two residual blocks' two convs
+        assert rows[f"Conv_{i}", "forward"]["ms"] > 0 and rows[f"BatchNorm_{i}", "forward"]["ms"] > 0
+        assert (f"Conv_{i}", "backward") in rows
+    assert rows["Conv_1", "forward"]["kernel"] == "3x3x16x32"
+    kinds = {k.split(" | ")[0] for k in ours["by_kind"]}
+    assert {"conv", "batch norm", "pool, relu, adds"} <= kinds <= set(runpy.run_path(
+        str(ROOT / "benchmarks" / "step_profile.py"), run_name="bench")["KINDS"])
+    assert report["models"]["resnet"]["step_ms"]["cnn_jax"] > 0
+    assert json.loads(out.read_text())["models"]["resnet"]["cnn_jax"] == ours
+    assert "cnn_jax per layer" in capsys.readouterr().out
+
+
+def test_eval_speed_smoke(tmp_path, capsys):
+    """Both implementations evaluate the same network to the same accuracy; ratios are to the first variant."""
+    report = runpy.run_path(str(ROOT / "benchmarks" / "eval_speed.py"), run_name="bench")["main"](
+        ["--smoke", "--json", str(tmp_path / "eval.json")])
+    rows = {r["variant"]: r for r in report["results"]}
+    assert set(rows) == {"native:32", "im2col:32"} and rows["native:32"]["vs_first"] == 1.0
+    assert rows["native:32"]["accuracy"] == pytest.approx(rows["im2col:32"]["accuracy"], abs=2 / 64)
+    assert all(r["images_per_s"] > 0 for r in rows.values())
+    assert "lab f32: native:32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(ROOT / "benchmarks" / "eval_speed.py"), run_name="bench")["main"](
+            ["--variants", "oneDNN:32"])
 
 
 def test_time_to_accuracy_smoke(fashion_tfds_dir, tmp_path, capsys):

@@ -13,7 +13,7 @@ from PIL import Image
 from test_data import make_emnist_zip
 
 from cnn_jax.cli import main as run
-from cnn_jax.cli import parse
+from cnn_jax.cli import parse, resume_command
 from cnn_jax.config import PRESETS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +164,17 @@ def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("experiments/fashion_mnist.py: error: ") and message in last
     assert not list(tmp_path.rglob("*"))  # no work started
+
+
+def test_resume_command_is_the_one_that_resumes_the_run(monkeypatch):
+    """A stopped script names its own command; a run started from Python with its own flags (a benchmark,
+    the study) names the experiment script with those flags, not the caller's command line."""
+    monkeypatch.setattr(sys, "argv", ["experiments/fashion_mnist.py", "--epochs", "2"])
+    assert resume_command("fashion_mnist", None) == "python experiments/fashion_mnist.py --epochs 2"
+    assert resume_command("fashion_mnist", ["--epochs", "2"]) == "python experiments/fashion_mnist.py --epochs 2"
+    monkeypatch.setattr(sys, "argv", ["benchmarks/time_to_accuracy.py", "--seeds", "1"])
+    assert resume_command("fashion_mnist", ["--preset", "fast", "--workdir", "/tmp/my runs"]) == \
+        "python experiments/fashion_mnist.py --preset fast --workdir '/tmp/my runs'"
 
 
 def test_unknown_dataset_and_missing_data(tmp_path):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from synthetic import make_data, train
 
+from cnn_jax.backend import INFERENCE_IMPL
 from cnn_jax.config import Config, ConfigError, DataConfig, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN, get_model
-from cnn_jax.steps import default_preprocess, evaluate
+from cnn_jax.steps import default_preprocess, evaluate, inference_model
 from cnn_jax.train import NonFiniteLossError, Trainer
 from cnn_jax.train_state import make_schedule
 
@@ -155,6 +156,31 @@ def test_bf16_runs_evaluate_in_bf16():
     assert float(got["loss"]) == pytest.approx(float(want["bf16"]["loss"]), abs=1e-6)
     np.testing.assert_array_equal(got["confusion"], want["bf16"]["confusion"])
     assert abs(float(want["bf16"]["loss"]) - float(want["f32"]["loss"])) > 1e-5  # the precision is visible
+
+
+def test_evaluation_takes_the_native_ops_and_training_the_backends():
+    """Evaluation runs the forward-only rule (:data:`cnn_jax.backend.INFERENCE_IMPL`: XLA's own convolution and
+    pooling) on the parameters training made with the backend's (im2col on CPU); a model whose ``impl`` is set
+    keeps it. Both give the same evaluation to rounding."""
+    model = get_model("resnet", widths=(8, 8, 16, 16))
+    assert model.impl is None and inference_model(model).impl == INFERENCE_IMPL == "native"
+    assert inference_model(model.clone(impl="im2col")).impl == "im2col"
+    assert inference_model(tiny(impl="im2col")) == tiny(impl="im2col")
+    trainer = trainer_for(model, tta=("flip",))
+    data = trainer.put_data(*TRAIN)
+    state, _ = trainer.train_chunk(trainer.init_state(), data, steps=4)
+    val = trainer.put_data(*VAL, for_eval=True)
+    evaluation = trainer._eval_fn.lower(state, *val).as_text()
+    training = trainer._chunk_fn.lower(state, *data, np.int32(4), (np.float32(0), np.int32(0))).as_text()
+    assert "convolution" in evaluation and "reduce_window" in evaluation
+    assert ("convolution" in training) == (jax.default_backend() != "cpu")  # CPU trains with im2col
+    got = trainer.evaluate(state, val)
+    want = {impl: jax.jit(functools.partial(evaluate, model=model.clone(impl=impl), batch=128, tta=("flip",)))(
+        state, *val) for impl in ("native", "im2col")}
+    assert float(got["loss"]) == float(want["native"]["loss"])
+    np.testing.assert_array_equal(got["confusion"], want["native"]["confusion"])
+    assert float(want["im2col"]["loss"]) == pytest.approx(float(got["loss"]), rel=1e-5)
+    assert float(want["im2col"]["accuracy"]) == pytest.approx(float(got["accuracy"]), abs=2 / len(VAL[0]))
 
 
 def test_trainer_refuses_a_batch_larger_than_the_data():
