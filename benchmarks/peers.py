@@ -78,7 +78,9 @@ def train_flops(model: str) -> float:
 Runner = Callable[[int], None]
 
 
-def _cnn_jax(model: str, batch: int, **train) -> Runner:
+def jax_trainer(model: str, batch: int, **train):
+    """``(trainer, data)``: a :class:`cnn_jax.Trainer` of ``model``'s network (Adam 1e-3, ``train`` flags; a
+    ``microbatch`` that does not divide ``batch`` is off) and its device-resident synthetic training data."""
     from cnn_jax import Config, TrainConfig, Trainer, get_model
 
     spec = MODELS[model]
@@ -88,7 +90,11 @@ def _cnn_jax(model: str, batch: int, **train) -> Runner:
         train["microbatch"] = mb if mb and batch > mb and batch % mb == 0 else None
     cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, **train))
     trainer = Trainer(get_model(spec["name"], **spec["kwargs"]), cfg, len(images), (H, W, 1))
-    data = trainer.put_data(images, labels)  # device-resident uint8; shuffle, gather, scale inside the step
+    return trainer, trainer.put_data(images, labels)  # uint8; shuffle, gather, scale inside the step
+
+
+def _cnn_jax(model: str, batch: int, **train) -> Runner:
+    trainer, data = jax_trainer(model, batch, **train)
     spe = trainer.steps_per_epoch
     box = {"state": trainer.init_state(), "step": 0}
 

@@ -78,17 +78,8 @@ def _trace_events(folder: str) -> list[dict]:
 
 def profile_cnn_jax(model: str, batch: int, steps: int, precision: str = "f32") -> dict:
     """Milliseconds per step by (kind, pass) and by layer, from a ``jax.profiler`` trace of ``steps`` steps."""
-    from cnn_jax import Config, TrainConfig, Trainer, get_model
-
-    spec = peers.MODELS[model]
-    images, labels = peers.synthetic_data(max(16 * batch, 8192))
-    mb = spec["best"]["microbatch"]
-    cfg = Config(train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, epochs=1, precision=precision,
-                                   microbatch=mb if batch > mb and batch % mb == 0 else None))
-    net = get_model(spec["name"], **spec["kwargs"])
-    trainer = Trainer(net, cfg, len(images), (peers.H, peers.W, 1))
-    data = trainer.put_data(images, labels)
-    state = trainer.init_state()
+    trainer, data = peers.jax_trainer(model, batch, precision=precision, **peers.MODELS[model]["best"])
+    net, state = trainer.model, trainer.init_state()
     steps = min(steps, trainer.steps_per_epoch)
     args = (np.int32(steps), (np.float32(0), np.int32(0)))
     compiled = trainer._chunk_fn.lower(state, *data, *args).compile()  # the executable profiled below

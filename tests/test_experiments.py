@@ -67,12 +67,14 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
     assert config["data"]["augment"] == ["translate", "flip"] and config["data"]["tta"] == ["flip"]
     assert config["train"]["microbatch"] == 32 and config["run"]["steps_per_chunk"] is None  # about a second
     assert config["train"]["precision"] == precision
-    # a loaded checkpoint predicts with the same test-time flips, in the same precision, as the run's own evaluation
+    # a loaded checkpoint predicts with the same test-time flips, in the same precision and with the same forward-only
+    # convolutions (steps.inference_model), as the run's own evaluation
     import jax
     import jax.numpy as jnp
 
     from cnn_jax import load
     from cnn_jax.data import load as load_data
+    from cnn_jax.steps import inference_model
 
     test = load_data("fashion_mnist", data_dir=str(fashion_tfds_dir), val_size=0).test
     lm = load(tmp_path / "best", "latest")
@@ -81,7 +83,7 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
 
     def view_logits(dtype, x):
         v = {**lm.variables, "params": jax.tree.map(lambda a: a.astype(dtype), lm.variables["params"])}
-        return lm.model.apply(v, x.astype(dtype), train=False).astype(jnp.float32)
+        return inference_model(lm.model).apply(v, x.astype(dtype), train=False).astype(jnp.float32)
 
     def tta(dtype):  # jitted with the images as an argument, as in the model's own evaluation
         return jax.jit(lambda x, y: (view_logits(dtype, x) + view_logits(dtype, y)) / 2)(
