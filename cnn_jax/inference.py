@@ -65,19 +65,28 @@ class LoadedModel:
             raise TypeError(f"images must be uint8 or float, got {x.dtype}")
         return normalize(jnp.asarray(x), self.config.data.dataset), single
 
-    def logits(self, images, batch_size: int = 1000) -> np.ndarray:
+    def logits(self, images, batch_size: int | None = None) -> np.ndarray:
         """Logits ``(N, num_classes)`` (or ``(num_classes,)`` for a single image), averaged over the run's
         test-time augmentation views (``config.data.tta``) and in its precision (``config.train.precision``), as
-        in its evaluation."""
+        in its evaluation. Computed in batches of ``batch_size`` (default: the run's ``run.eval_batch_size``),
+        the last one padded with copies of its last image: one compiled shape, so an image's logits depend on
+        it and ``batch_size`` only, not on the images beside it (bf16 rounding differs between batch shapes)."""
         x, single = self._prepare(images)
+        batch = self.config.run.eval_batch_size if batch_size is None else batch_size
+        if batch < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         fn = _apply_fn(self.model, self.config.data.tta, self.config.train.precision)
-        out = np.concatenate([np.asarray(fn(self.variables, x[i:i + batch_size]))
-                              for i in range(0, len(x), batch_size)]) if len(x) else \
-            np.zeros((0, self.meta["dataset"]["num_classes"]), np.float32)
+        out = [np.zeros((0, self.meta["dataset"]["num_classes"]), np.float32)]
+        for i in range(0, len(x), batch):
+            part = x[i:i + batch]
+            padded = jnp.concatenate([part, jnp.repeat(part[-1:], batch - len(part), axis=0)])
+            out.append(np.asarray(fn(self.variables, padded))[:len(part)])
+        out = np.concatenate(out)
         return out[0] if single else out
 
-    def predict(self, images, batch_size: int = 1000) -> np.ndarray:
-        """Predicted class indices ``(N,)`` (a scalar array for a single image)."""
+    def predict(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Predicted class indices ``(N,)`` (a scalar array for a single image); ``batch_size`` as in
+        :meth:`logits`."""
         return np.argmax(self.logits(images, batch_size), axis=-1)
 
 

@@ -89,10 +89,14 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
         return jax.jit(lambda x, y: (view_logits(dtype, x) + view_logits(dtype, y)) / 2)(
             lm._prepare(test.images[:8])[0], lm._prepare(test.images[:8, :, ::-1])[0])
 
-    np.testing.assert_allclose(lm.logits(test.images[:8]), tta(jnp.float32 if precision == "f32" else jnp.bfloat16),
-                               rtol=1e-4, atol=1e-4)
+    logits = lm.logits(test.images[:8], batch_size=8)
+    np.testing.assert_allclose(logits, tta(jnp.float32 if precision == "f32" else jnp.bfloat16), rtol=1e-4, atol=1e-4)
     if precision == "bf16":
-        assert not np.allclose(lm.logits(test.images[:8]), tta(jnp.float32), rtol=1e-4, atol=1e-4)
+        assert not np.allclose(logits, tta(jnp.float32), rtol=1e-4, atol=1e-4)
+    # an image's logits do not depend on the images beside it: the last partial batch is padded to the one shape
+    four = lm.logits(test.images[4:8], batch_size=4)
+    np.testing.assert_array_equal(lm.logits(test.images[:7], batch_size=4)[4:], four[:3])
+    np.testing.assert_array_equal(lm.logits(test.images[4:5], batch_size=4), four[:1])
 
 
 def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
