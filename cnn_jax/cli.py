@@ -20,7 +20,7 @@ from typing import Any
 from cnn_jax import parallel
 from cnn_jax.config import CHOICES, PRESETS, Config, ConfigError, ModelConfig, field_types, flag
 
-__all__ = ["build_parser", "parse", "main"]
+__all__ = ["build_parser", "parse", "main", "run", "script_command"]
 
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
 _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta": "flip; no names: none",
@@ -55,9 +55,14 @@ def _microbatch(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected a number (0: off) or auto, got {text!r}") from None
 
 
-def build_parser(dataset: str) -> argparse.ArgumentParser:
+def script_command(dataset: str) -> str:
+    """The experiment script that trains ``dataset`` (``experiments/fashion_mnist.py``)."""
+    return f"experiments/{dataset.replace('/', '_')}.py"
+
+
+def build_parser(dataset: str, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"experiments/{dataset.replace('/', '_')}.py", description=f"Train a CNN on {dataset}; resumable. "
+        prog=prog or script_command(dataset), description=f"Train a CNN on {dataset}; resumable. "
         "Every config field is a flag by its dotted name; the short flags are the same options.")
     p.add_argument("--preset", default="lab", help=f"named config to start from: {sorted(PRESETS)} (default lab)")
     p.add_argument("--workdir", default=None, help=f"parent folder of runs (default checkpoints/{dataset})")
@@ -95,12 +100,14 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse(dataset: str, argv: list[str] | None = None) -> tuple[Config, Path, argparse.Namespace]:
-    """``(config, run folder, args)`` from the command line, checked before any work (one-line errors)."""
+def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
+          ) -> tuple[Config, Path, argparse.Namespace]:
+    """``(config, run folder, args)`` from the command line, checked before any work (one-line errors);
+    ``prog``: the command's name in messages (default: the experiment script's)."""
     from cnn_jax.data import canonical_name, flips_allowed
     from cnn_jax.train import has_checkpoints
 
-    parser = build_parser(dataset)
+    parser = build_parser(dataset, prog)
     args = parser.parse_args(argv)
     if args.preset not in PRESETS:
         parser.error(f"--preset: unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
@@ -136,20 +143,25 @@ def parse(dataset: str, argv: list[str] | None = None) -> tuple[Config, Path, ar
     return config, run_dir, args
 
 
-def resume_command(dataset: str, argv: list[str] | None) -> str:
-    """The command that resumes a stopped run: the process's own when it is the experiment script's (``argv``
-    None, or the process's arguments); else, for a run started from Python with its own flags (a benchmark, the
-    study), ``experiments/<dataset>.py`` with those flags."""
+def resume_command(dataset: str, argv: list[str] | None, command: list[str] | None = None) -> str:
+    """The command that resumes a stopped run: ``command`` (the words that started it, e.g. ``["cnn-jax",
+    "train", "--dataset", "fashion_mnist"]``) with ``argv`` when given; the process's own when it is the
+    experiment script's (``argv`` None, or the process's arguments); else, for a run started from Python with
+    its own flags (a benchmark, the study), ``python -m cnn_jax train --dataset <dataset>`` with those flags
+    (it works wherever cnn_jax is installed)."""
+    if command is not None:
+        return shlex.join([*command, *(argv or [])])
     if argv is None or list(argv) == sys.argv[1:]:
-        return shlex.join(["python", sys.argv[0] or f"experiments/{dataset}.py", *sys.argv[1:]])
-    return shlex.join(["python", f"experiments/{dataset}.py", *argv])
+        return shlex.join(["python", sys.argv[0] or script_command(dataset), *sys.argv[1:]])
+    return shlex.join(["python", "-m", "cnn_jax", "train", "--dataset", dataset, *argv])
 
 
-def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """The experiment scripts' entry: parse, start ``jax.distributed`` when asked or detected (before anything
-    touches a device), train and evaluate. Errors are one line (exit 2 for flags, 1 for data/checkpoints,
-    3 for a diverged run); SIGTERM/SIGINT save and exit 143/130."""
-    config, run_dir, _ = parse(dataset, argv)
+def main(dataset: str, argv: list[str] | None = None, command: list[str] | None = None) -> dict[str, Any]:
+    """Train ``dataset`` from command-line flags: parse, start ``jax.distributed`` when asked or detected (before
+    anything touches a device), train and evaluate. ``command``: the words that started it (its name in
+    messages and in the resume hint; default: the experiment script). Errors are one line (exit 2 for flags, 1
+    for data/checkpoints, 3 for a diverged run); SIGTERM/SIGINT save and exit 143/130."""
+    config, run_dir, _ = parse(dataset, argv, None if command is None else shlex.join(command))
     parallel.initialize_distributed(config.run.distributed)
     import jax
 
@@ -176,5 +188,32 @@ def main(dataset: str, argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(EXIT_SIGNAL["SIGINT"]) from None
     except StoppedError as e:
         if jax.process_index() == 0:
-            print(f"{e}; resume with the same command: {resume_command(dataset, argv)}")
+            print(f"{e}; resume with the same command: {resume_command(dataset, argv, command)}")
         raise SystemExit(EXIT_SIGNAL.get(e.signal, 1)) from None
+
+
+def run(dataset: str, argv: list[str] | None = None, command: list[str] | None = None) -> dict[str, Any]:
+    """:func:`main` for any dataset, as ``cnn-jax train`` and the experiment scripts run it. EMNIST Digits may be
+    the MNIST digits stand-in (``--source-dir``): it is then named as the stand-in and its runs go to their own
+    folder (``checkpoints/mnist_digits_standin/`` unless ``--workdir``), with 1,000 validation images unless
+    ``--val-size`` (:func:`cnn_jax.data.standin.digits_plan`)."""
+    from cnn_jax.data import canonical_name
+    from cnn_jax.data.standin import digits_plan, flag_value
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        digits = canonical_name(dataset) == "emnist/digits"
+    except ValueError:
+        digits = False  # main names the unknown dataset
+    if not digits or any(a in ("-h", "--help") for a in argv):
+        return main(dataset, argv, command)
+    plan = digits_plan(argv)
+    workdir = flag_value(argv, "--workdir")
+    full = [*argv, *plan.args, *([] if workdir else ["--workdir", str(Path("checkpoints") / plan.folder)])]
+    for line in plan.lines + ([f"runs on the stand-in go to checkpoints/{plan.folder}/ (--workdir to choose)"]
+                              if plan.record and not workdir else []):
+        print(line)
+    results = main(dataset, full, command)
+    if plan.record and results.get("test_accuracy") is not None:
+        print(f"{plan.label}: test accuracy {results['test_accuracy']:.4f} (not EMNIST Digits; see the README)")
+    return results

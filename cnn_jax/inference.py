@@ -252,16 +252,24 @@ def _transparent(rgba: np.ndarray, c: int, light_on_dark: bool, notes: list[str]
     return (out[..., 0] if c == 1 else out), 0
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m cnn_jax.inference",
-                                description="Test accuracy of a run's checkpoint, or its top classes for your "
-                                            "own pictures (--image).")
-    p.add_argument("run_dir")
+def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.inference",
+         mode: str | None = None) -> dict[str, Any]:
+    """Print (and return) a run's test accuracy, or its top classes for pictures (``--image``). ``mode``:
+    ``"evaluate"`` (no ``--image``), ``"predict"`` (``--image`` required) or None (either)."""
+    what = {"evaluate": "Test accuracy of a run's checkpoint.",
+            "predict": "A run's top classes for your own pictures."}.get(
+        mode, "Test accuracy of a run's checkpoint, or its top classes for your own pictures (--image).")
+    p = argparse.ArgumentParser(prog=prog, description=what)
+    p.add_argument("run_dir", metavar="RUN", help="a run folder (with ckpt/), e.g. checkpoints/fashion_mnist/lab")
     p.add_argument("--which", default="best", help="best, latest, or a step number")
-    p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR)")
-    p.add_argument("--image", nargs="+", metavar="PATH", help="PNG/JPEG files (any size, colour or grey) to classify")
-    p.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    if mode != "predict":
+        p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR)")
+    if mode != "evaluate":
+        p.add_argument("--image", nargs="+", metavar="PATH", required=mode == "predict",
+                       help="PNG/JPEG files (any size, colour or grey) to classify")
+        p.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     args = p.parse_args(argv)
+    args.image, args.top = getattr(args, "image", None), getattr(args, "top", 3)
     if args.top < 1:
         p.error(f"--top must be >= 1, got {args.top}")
     from cnn_jax.data import load as load_data

@@ -540,8 +540,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike =
             "text": text}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="experiments/compare.py", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "experiments/compare.py") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run folders (with results.json)")
     p.add_argument("--out", default="report.md", help="the Markdown report, a name ending in .md; its data and "
                                                       "figure go beside it as .json and .png (default: report.md). "

@@ -46,10 +46,12 @@ def _train(data_dir, workdir, run, *extra, check=True, devices=None) -> subproce
     return out
 
 
-def _interrupt(data_dir, workdir, run, sig, after_epochs, *extra) -> subprocess.CompletedProcess:
-    """Start a run and send ``sig`` once ``after_epochs`` epochs are in its metrics file (and, for SIGTERM,
-    once that epoch's checkpoint is written, so the signal lands inside the next epoch)."""
-    cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), "--run", run, *extra]
+def _interrupt(data_dir, workdir, run, sig, after_epochs, *extra, command=(str(SCRIPT),)
+               ) -> subprocess.CompletedProcess:
+    """Start a run (``python <command> ARGS ...``) and send ``sig`` once ``after_epochs`` epochs are in its
+    metrics file (and, for SIGTERM, once that epoch's checkpoint is written, so the signal lands inside the
+    next epoch)."""
+    cmd = [sys.executable, *command, *ARGS, "--workdir", str(workdir), "--run", run, *extra]
     # steps slowed to >= 50 ms: an epoch (15 steps) lasts >= 0.75 s however fast the machine, so the signal,
     # sent from outside as a user or a scheduler would, cannot miss the run
     env = {**_env(data_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.05"}
@@ -104,6 +106,22 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(fashion_tfds_dir, refere
     assert not (tmp_path / "run" / "results.json").exists()
     resumed = _train(fashion_tfds_dir, tmp_path, "run")
     assert "resuming" in resumed.stdout and "mid-epoch" in resumed.stdout
+    _assert_same_run(reference, tmp_path / "run")
+
+
+def test_the_commands_resume_hint_resumes_the_run_bit_identically(fashion_tfds_dir, reference, tmp_path):
+    """``cnn-jax train`` (here ``python -m cnn_jax train``) stopped by SIGTERM names the command that resumes it,
+    and that command, run as printed, finishes the run as if it had never stopped."""
+    import shlex
+
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, 1,
+                     command=("-m", "cnn_jax", "train", "--dataset", "fashion_mnist"))
+    assert out.returncode == 143, out.stderr[-2000:]
+    hint = shlex.split(out.stdout.split("resume with the same command: ")[1].splitlines()[0])
+    assert hint[:6] == ["python", "-m", "cnn_jax", "train", "--dataset", "fashion_mnist"], hint
+    resumed = subprocess.run([sys.executable, *hint[1:]], env=_env(fashion_tfds_dir), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0 and "mid-epoch" in resumed.stdout, resumed.stderr[-2000:]
     _assert_same_run(reference, tmp_path / "run")
 
 

@@ -174,13 +174,16 @@ def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path, capsys):
 
 def test_resume_command_is_the_one_that_resumes_the_run(monkeypatch):
     """A stopped script names its own command; a run started from Python with its own flags (a benchmark,
-    the study) names the experiment script with those flags, not the caller's command line."""
+    the study) names ``python -m cnn_jax train`` with those flags, not the caller's command line."""
     monkeypatch.setattr(sys, "argv", ["experiments/fashion_mnist.py", "--epochs", "2"])
     assert resume_command("fashion_mnist", None) == "python experiments/fashion_mnist.py --epochs 2"
     assert resume_command("fashion_mnist", ["--epochs", "2"]) == "python experiments/fashion_mnist.py --epochs 2"
     monkeypatch.setattr(sys, "argv", ["benchmarks/time_to_accuracy.py", "--seeds", "1"])
     assert resume_command("fashion_mnist", ["--preset", "fast", "--workdir", "/tmp/my runs"]) == \
-        "python experiments/fashion_mnist.py --preset fast --workdir '/tmp/my runs'"
+        "python -m cnn_jax train --dataset fashion_mnist --preset fast --workdir '/tmp/my runs'"
+    command = ["cnn-jax", "train", "--dataset", "emnist/digits"]  # cnn-jax train names itself
+    assert resume_command("emnist/digits", ["--epochs", "2"], command) == \
+        "cnn-jax train --dataset emnist/digits --epochs 2"
 
 
 def test_unknown_dataset_and_missing_data(tmp_path):

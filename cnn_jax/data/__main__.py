@@ -21,8 +21,8 @@ from cnn_jax.data.loading import CACHE_NAME, load
 from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonical_name
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnn_jax.data", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.data") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="prepare a dataset ahead of time (array_record + decoded cache)")
     p.add_argument("name", help="fashion_mnist or emnist/digits (alias emnist_digits)")
