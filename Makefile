@@ -36,7 +36,7 @@ study-standin: $(STAMP)
 demo: $(STAMP)
 	$(RUN) experiments/convolution_demo.py
 
-# The device check (benchmarks/device_check.py, README "Device check"): on a GPU/TPU machine it runs from the
+# The device check (benchmarks/device_check.py, docs/benchmarks.md "Device check"): on a GPU/TPU machine it runs from the
 # checkout with that machine's python3 (no venv, no install); `make device-check ARGS=--smoke` checks it on CPU.
 DEVICE_PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 device-check:

@@ -215,5 +215,5 @@ def run(dataset: str, argv: list[str] | None = None, command: list[str] | None =
         print(line)
     results = main(dataset, full, command)
     if plan.record and results.get("test_accuracy") is not None:
-        print(f"{plan.label}: test accuracy {results['test_accuracy']:.4f} (not EMNIST Digits; see the README)")
+        print(f"{plan.label}: test accuracy {results['test_accuracy']:.4f} (not EMNIST Digits; see docs/datasets.md)")
     return results

@@ -285,7 +285,7 @@ def differences(saved: dict[str, Any], current: Config) -> list[str]:
 
 #: The regularised recipe: batch norm + dropout, shifts + flips (no flips for digits), AdamW + one-cycle, label
 #: smoothing, clipping, 32-image micro-batches (faster on CPU; batch norm sees 32-image statistics) and flip
-#: test-time augmentation. Fashion-MNIST: 94.04% test in 24 epochs, 25.8 min on the 2-core CPU (README).
+#: test-time augmentation. Fashion-MNIST: 94.04% test in 24 epochs, 25.8 min on the 2-core CPU (docs/results.md).
 _BEST = Config(
     data=DataConfig(augment=("translate", "flip"), tta=("flip",)),
     model=ModelConfig(name="bn_cnn", widths=(48, 96, 192), dropout=0.2, conv_dropout=0.0),
@@ -296,7 +296,7 @@ PRESETS: dict[str, Config] = {
     # The notebook's network and training: Adam 1e-3, no augmentation or weight decay, dropout 0.5 only.
     "lab": Config(),
     "best": _BEST,
-    # Issue 22's recipe search (README "Results", chosen on validation over 3 seeds): `best`'s recipe on a small
+    # Issue 22's recipe search (docs/results.md, chosen on validation over 3 seeds): `best`'s recipe on a small
     # ResNet (the DAWNBench ResNet-9 shape, 16-32-64-128 channels) in half the epochs, 16-image micro-batches.
     "fast": _BEST.replace(model=ModelConfig(name="resnet", widths=(16, 32, 64, 128)),
                           train=_BEST.train.replace(epochs=12, microbatch=16)),

