@@ -360,7 +360,7 @@ def time_to_accuracy(config: Config, data: dict[str, tuple[np.ndarray, np.ndarra
 
     preprocess, eval_preprocess = preprocessing(config)
     (x, y), test = data["train"], data["test"]
-    model = build_model(config, len(FASHION_CLASSES))
+    model = build_model(config, len(FASHION_CLASSES), x.shape[1:])
     trainer = Trainer(model, config, len(y), x.shape[1:], preprocess, eval_preprocess)
     t = time.perf_counter()
     state = trainer.init_state()

@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 from common import machine  # benchmarks/ (the script's folder)
+from flax import nnx
 
 from cnn_jax.config import PRESETS
 from cnn_jax.files import write_json
@@ -30,7 +31,7 @@ from cnn_jax.train import Trainer, build_model, preprocessing
 def evaluator(preset: str, impl: str, batch: int, precision: str, images: np.ndarray, labels: np.ndarray):
     """A zero-argument function that evaluates ``images`` once (compiled on the first call)."""
     config = PRESETS[preset].override({"run.eval_batch_size": batch, "train.precision": precision})
-    model = build_model(config, 10).clone(impl=impl)  # an impl set: kept by evaluation
+    model = nnx.with_attributes(build_model(config, 10, images.shape[1:]), impl=impl)  # set: kept by evaluation
     trainer = Trainer(model, config, 55_000, images.shape[1:], *preprocessing(config))
     state, data = trainer.init_state(), trainer.put_data(images, labels, for_eval=True)
     return lambda: trainer.evaluate(state, data)

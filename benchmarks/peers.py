@@ -303,19 +303,22 @@ def breakdown(batch: int, steps: int, windows: int) -> dict[str, float]:
     """Where cnn_jax's LabCNN step time goes: milliseconds per step of forward, forward + backward, and the full
     train step in ``Trainer.train_chunk`` (+ optimizer update, on-device batch gather and scaling)."""
     from cnn_jax import get_model
+    from cnn_jax.train_state import bind, model_state
 
     model = get_model("lab_cnn")
     images, labels = synthetic_data(batch * steps)
     x = jnp.asarray(images[:batch], jnp.float32) / 255.0
     y = jnp.asarray(labels[:batch])
-    variables = model.init(jax.random.key(0), x[:1])
+    variables, _ = model_state(model)
     key = jax.random.key(1)
 
-    def loss(v, x, y):
-        logits = model.apply(v, x, train=True, rngs={"dropout": key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def train_logits(params, x):  # as the train step computes them (cnn_jax.steps)
+        return bind(model, params, {})(x, rngs=key)
 
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": key}))
+    def loss(v, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(train_logits(v, x), y).mean()
+
+    fwd = jax.jit(train_logits)
     fwd_bwd = jax.jit(jax.grad(loss))
     full = _cnn_jax("lab", batch)
     parts = {"forward": lambda: fwd(variables, x), "forward+backward": lambda: fwd_bwd(variables, x, y)}

@@ -38,6 +38,7 @@ import peers  # benchmarks/ (the script's folder): the networks, their PyTorch t
 from common import machine
 
 from cnn_jax.files import write_json
+from cnn_jax.train_state import model_state
 
 KINDS = ("conv", "batch norm", "dense", "pool, relu, adds", "loss", "optimizer, data, other")
 PASSES = ("forward", "backward")
@@ -108,9 +109,8 @@ def profile_cnn_jax(model: str, batch: int, steps: int, precision: str = "f32") 
         by_kind[kind, step] += ms
         by_layer[layer, step] += ms
         by_work[layer, step, work_kind(e["name"], text)] += ms
-    params = jax.eval_shape(lambda: net.init(jax.random.key(0), np.zeros((1, peers.H, peers.W, 1), np.float32)))
-    shapes = {name: "x".join(map(str, leaf["kernel"].shape)) for name, leaf in params["params"].items()
-              if "kernel" in leaf}
+    params, _ = model_state(net)
+    shapes = {name: "x".join(map(str, leaf["kernel"].shape)) for name, leaf in params.items() if "kernel" in leaf}
     return {"by_kind": {f"{k} | {s}": v for (k, s), v in by_kind.items()},
             "by_layer": [{"layer": layer, "pass": s, "kernel": shapes.get(layer, ""), "ms": v,
                           **{w: by_work.get((layer, s, w), 0.0) for w in ("matmul", "im2col", "other")}}

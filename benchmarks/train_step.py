@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 from common import gemm_peak_gflops, lab_cnn_train_flops  # benchmarks/ (the script's folder)
+from flax import nnx
 
 from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN
@@ -39,7 +40,7 @@ def measure(fn, windows: int) -> list[float]:
 
 
 def bench(impl: str, batch: int, mode: str, steps: int, windows: int, microbatch: int | None = None) -> float:
-    model = LabCNN(impl=impl)
+    model = LabCNN(impl=impl, rngs=nnx.Rngs(0))
     cfg = Config(train=TrainConfig(batch_size=batch, epochs=1, microbatch=microbatch),
                  run=RunConfig(steps_per_chunk=steps))
     n = batch * steps

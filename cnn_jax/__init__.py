@@ -2,7 +2,7 @@
 
 from cnn_jax.config import PRESETS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnn_jax.filters import FILTERS, apply_filter_bank, filter_bank
-from cnn_jax.models import BNCNN, MODELS, LabCNN, get_model, register_model
+from cnn_jax.models import BNCNN, MODELS, LabCNN, ResNet, get_model, register_model
 from cnn_jax.ops import IMPLS, avg_pool, conv2d, conv_output_shape, default_impl, max_pool
 from cnn_jax.steps import default_preprocess
 from cnn_jax.train import NonFiniteLossError, Trainer, train_and_evaluate
@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "NonFiniteLossError",
     "PRESETS",
+    "ResNet",
     "RunConfig",
     "TrainConfig",
     "TrainState",

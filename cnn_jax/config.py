@@ -101,10 +101,9 @@ class DataConfig(_Section):
 
 
 def _parameters(factory: Any) -> set[str] | None:
-    """The keyword arguments a model class or factory takes (None: any)."""
-    if dataclasses.is_dataclass(factory):  # a Flax module class
-        return {f.name for f in dataclasses.fields(factory) if f.init and f.name not in ("parent", "name")}
-    params = inspect.signature(factory).parameters.values()
+    """The keyword arguments a model class (its ``__init__``: NNX's metaclass hides it) or factory takes (None:
+    any)."""
+    params = inspect.signature(factory.__init__ if isinstance(factory, type) else factory).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}

@@ -15,26 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
 from cnn_jax.config import Config
 from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
 from cnn_jax.train import CKPT_SUBDIR, build_model
-from cnn_jax.train_state import eval_params, model_variables
+from cnn_jax.train_state import bind, eval_params, model_variables
 
 __all__ = ["LoadedModel", "load", "read_image", "LIGHT_ON_DARK", "SHRINK_FACTOR"]
 
 
 @dataclass
 class LoadedModel:
-    """A model and its trained variables. ``predict``/``logits`` take uint8 (0..255) or float (0..1) images
+    """A trained model: ``model``, the NNX module holding the weights evaluated with (in evaluation mode:
+    ``model(x)`` gives logits of standardised float NHWC ``x``, as :meth:`logits` computes them without its
+    preprocessing, test-time views and precision), and the same weights as pure dicts in ``variables``
+    (``{"params", "batch_stats"}``). ``predict``/``logits`` take uint8 (0..255) or float (0..1) images
     ``(H, W, C)`` or batched ``(N, H, W, C)``; for one-channel models also ``(H, W)`` and ``(N, H, W)``."""
 
-    model: nn.Module
+    model: nnx.Module
     variables: dict[str, Any]
     config: Config
     meta: dict[str, Any]
@@ -93,7 +96,7 @@ class LoadedModel:
 _APPLY_CACHE: dict[tuple[int, tuple[str, ...], str], Any] = {}
 
 
-def _apply_fn(model: nn.Module, tta: tuple[str, ...] = (), precision: str = "f32"):
+def _apply_fn(model: nnx.Module, tta: tuple[str, ...] = (), precision: str = "f32"):
     key = (id(model), tta, precision)
     if key not in _APPLY_CACHE:
         _APPLY_CACHE[key] = jax.jit(lambda v, x: eval_logits(model, v["params"], v.get("batch_stats", {}), x, tta,
@@ -117,9 +120,12 @@ def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
     config = Config.from_dict(restored.meta["config"])
     dataset = restored.meta["dataset"]
     state = restored.state
-    variables = model_variables(eval_params(state["params"], state.get("opt_state")), state.get("batch_stats"))
-    return LoadedModel(build_model(config, dataset["num_classes"]), jax.device_put(variables), config,
-                       restored.meta, restored.step, tuple(dataset["class_names"]))
+    variables = jax.device_put(model_variables(eval_params(state["params"], state.get("opt_state")),
+                                               state.get("batch_stats")))
+    model = bind(build_model(config, dataset["num_classes"], dataset["input_shape"]), variables["params"],
+                 variables.get("batch_stats", {}))
+    model.eval()
+    return LoadedModel(model, variables, config, restored.meta, restored.step, tuple(dataset["class_names"]))
 
 
 #: Datasets whose images are light strokes on a dark background (a dark-on-light picture is inverted to match).

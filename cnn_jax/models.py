@@ -1,8 +1,16 @@
-"""Flax Linen CNNs built on :mod:`cnn_jax.ops`, and a small name -> model registry.
+"""Flax NNX CNNs built on :mod:`cnn_jax.ops`, and a small name -> model registry.
 
-All models take NHWC float input ``(N, H, W, C)`` and return logits ``(N, num_classes)``; call them with
-``train=True`` to enable dropout (rng stream ``"dropout"``) and batch-norm statistics updates
-(collection ``"batch_stats"``, mutable).
+All models take NHWC float input ``(N, H, W, C)`` and return logits ``(N, num_classes)``::
+
+    model = LabCNN(rngs=nnx.Rngs(0))   # parameters initialised; training mode
+    logits = model(x)                   # dropout on, batch norm on batch statistics (updated in place)
+    model.eval(); logits = model(x)     # dropout off, batch norm on its running averages
+
+``model(x, rngs=...)`` takes the dropout key (an ``nnx.Rngs`` or a key) for that call; without it each
+dropout layer draws from the stream it was built with. Submodules are named as Flax Linen named them
+(``Conv_0``, ``BatchNorm_0``, ``Dense_0``, ...), so the parameter and batch-statistics trees (``nnx.Param``,
+``nnx.BatchStat`` as pure dicts) are the ones every cnn_jax checkpoint holds, before NNX and after. Each layer
+runs under a ``jax.named_scope`` of its name (profiles charge time to layers).
 """
 
 from __future__ import annotations
@@ -10,65 +18,94 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
 __all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model"]
 
 
-class Conv(nn.Module):
-    """2D convolution layer over :func:`cnn_jax.ops.conv2d`; params ``kernel`` (HWIO) and ``bias`` (O,).
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+
+class Conv(nnx.Module):
+    """2D convolution layer over :func:`cnn_jax.ops.conv2d`; params ``kernel`` ``(kh, kw, in, out)`` (HWIO)
+    and ``bias`` ``(out,)``, float32. Computes in the input's dtype (bf16 under mixed precision).
 
     ``impl``: ``"native"``, ``"im2col"`` or None (:func:`cnn_jax.ops.default_impl`).
     """
 
-    features: int
-    kernel_size: tuple[int, int] = (3, 3)
-    strides: int = 1
-    padding: str = "VALID"
-    use_bias: bool = True
-    impl: str | None = None
-    kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+    def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int] = (3, 3), *,
+                 strides: int = 1, padding: str = "VALID", use_bias: bool = True, impl: str | None = None,
+                 kernel_init: Callable[..., Any] = _LECUN_NORMAL, rngs: nnx.Rngs):
+        shape = (*kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.strides, self.padding, self.impl = strides, padding, impl
 
-    @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (*self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
-        # Compute in the input dtype (bf16 under mixed precision: params arrive already cast).
-        kernel = kernel.astype(x.dtype)
-        bias = None if bias is None else bias.astype(x.dtype)
+        kernel = self.kernel[...].astype(x.dtype)
+        bias = None if self.bias is None else self.bias[...].astype(x.dtype)
         return conv2d(x, kernel, bias, stride=self.strides, padding=self.padding, impl=self.impl)
 
 
-class LabCNN(nn.Module):
+def _dense(in_features: int, out_features: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, dot_general=dot_general, rngs=rngs)
+
+
+def _batch_norm(features: int, momentum: float, axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, axis_name=axis_name,
+                         use_running_average=False, rngs=rngs)
+
+
+class _Named(nnx.Module):
+    """Layers kept under Linen's names: ``_add("Conv", layer)`` stores ``Conv_0``, ``Conv_1``, ... in order, and
+    ``_run(name, x)`` calls one under ``jax.named_scope(name)``."""
+
+    def _add(self, kind: str, layer: nnx.Module) -> str:
+        n = sum(1 for k in vars(self) if k.startswith(kind + "_") and k[len(kind) + 1:].isdigit())
+        name = f"{kind}_{n}"
+        setattr(self, name, layer)
+        return name
+
+    def _run(self, name: str, x: jax.Array, **kw: Any) -> jax.Array:
+        with jax.named_scope(name):
+            y = getattr(self, name)(x, **kw)
+        return y.astype(x.dtype) if name.startswith("BatchNorm") else y  # BN keeps bf16 activations bf16
+
+
+class LabCNN(_Named):
     """Conv(32,3x3,ReLU) -> MaxPool 2 -> Conv(64,3x3,ReLU) -> MaxPool 2 -> Dense(128,ReLU) -> Dropout
     -> Dense(num_classes).
 
-    VALID convs (Keras style): 28 -> 26 -> 13 -> 11 -> 5, flatten ``5*5*64 = 1600``.
+    VALID convs (Keras style): 28 -> 26 -> 13 -> 11 -> 5, flatten ``5*5*64 = 1600``. ``input_shape``: one
+    example ``(H, W, C)``, which sizes the first dense layer.
     """
 
-    num_classes: int = 10
-    widths: Sequence[int] = (32, 64)
-    dense: int = 128
-    dropout: float = 0.5
-    impl: str | None = None
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64), dense: int = 128,
+                 dropout: float = 0.5, impl: str | None = None, input_shape: Sequence[int] = (28, 28, 1), *,
+                 rngs: nnx.Rngs):
+        self.num_classes, self.widths, self.dense, self.dropout = num_classes, tuple(widths), dense, dropout
+        self.impl = impl
+        h, w, c = input_shape
+        self.convs = tuple(self._add("Conv", Conv(cin, cout, impl=impl, rngs=rngs))
+                           for cin, cout in zip((c, *self.widths), self.widths, strict=False))
+        for _ in self.widths:
+            h, w = (h - 2) // 2, (w - 2) // 2
+        self._add("Dense", _dense(h * w * self.widths[-1], dense, rngs))
+        self._add("Dropout", nnx.Dropout(dropout, deterministic=False, rngs=rngs))
+        self._add("Dense", _dense(dense, num_classes, rngs))
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        for w in self.widths:
-            x = nn.relu(Conv(w, impl=self.impl)(x))
-            x = max_pool(x, 2, impl=self.impl)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.dense, dot_general=dot_general)(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dot_general=dot_general)(x)
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        for name in self.convs:
+            x = max_pool(jax.nn.relu(self._run(name, x)), 2, impl=self.impl)
+        x = jax.nn.relu(self._run("Dense_0", x.reshape(x.shape[0], -1)))
+        return self._run("Dense_1", self._run("Dropout_0", x, rngs=rngs))
 
 
-class BNCNN(nn.Module):
+class BNCNN(_Named):
     """VGG-style CNN with batch norm and dropout, about 3x LabCNN's FLOPs (28x28 input).
 
     Stage ``i``: Conv(widths[i], 3x3, SAME, no bias) -> BatchNorm -> ReLU -> MaxPool 2
@@ -77,33 +114,35 @@ class BNCNN(nn.Module):
     ``bn_axis_name`` syncs batch statistics across a ``pmap`` axis.
     """
 
-    num_classes: int = 10
-    widths: Sequence[int] = (32, 64, 128)
-    dense: int = 256
-    dropout: float = 0.3
-    conv_dropout: float = 0.1
-    impl: str | None = None
-    bn_axis_name: str | None = None
-    momentum: float = 0.9
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), dense: int = 256,
+                 dropout: float = 0.3, conv_dropout: float = 0.1, impl: str | None = None,
+                 bn_axis_name: str | None = None, momentum: float = 0.9, input_shape: Sequence[int] = (28, 28, 1),
+                 *, rngs: nnx.Rngs):
+        self.num_classes, self.widths, self.dense = num_classes, tuple(widths), dense
+        self.dropout, self.conv_dropout, self.impl = dropout, conv_dropout, impl
+        h, w, c = input_shape
+        stages = []
+        for cin, cout in zip((c, *self.widths), self.widths, strict=False):
+            stages.append((self._add("Conv", Conv(cin, cout, padding="SAME", use_bias=False, impl=impl, rngs=rngs)),
+                           self._add("BatchNorm", _batch_norm(cout, momentum, bn_axis_name, rngs)),
+                           self._add("Dropout", nnx.Dropout(conv_dropout, deterministic=False, rngs=rngs))))
+            h, w = h // 2, w // 2
+        self.stages = tuple(stages)
+        self.head = (self._add("Dense", _dense(h * w * self.widths[-1], dense, rngs, use_bias=False)),
+                     self._add("BatchNorm", _batch_norm(dense, momentum, bn_axis_name, rngs)),
+                     self._add("Dropout", nnx.Dropout(dropout, deterministic=False, rngs=rngs)))
+        self._add("Dense", _dense(dense, num_classes, rngs))
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        def bn(y):
-            return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                                axis_name=self.bn_axis_name,
-                                dtype=y.dtype)(y)
-
-        for w in self.widths:
-            x = nn.relu(bn(Conv(w, padding="SAME", use_bias=False, impl=self.impl)(x)))
-            x = max_pool(x, 2, impl=self.impl)
-            x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(bn(nn.Dense(self.dense, use_bias=False, dtype=x.dtype, dot_general=dot_general)(x)))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x)
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        for conv, bn, drop in self.stages:
+            x = max_pool(jax.nn.relu(self._run(bn, self._run(conv, x))), 2, impl=self.impl)
+            x = self._run(drop, x, rngs=rngs)
+        dense, bn, drop = self.head
+        x = jax.nn.relu(self._run(bn, self._run(dense, x.reshape(x.shape[0], -1))))
+        return self._run("Dense_1", self._run(drop, x, rngs=rngs))
 
 
-class ResNet(nn.Module):
+class ResNet(_Named):
     """A small residual CNN in the shape of the DAWNBench ResNet-9 (Myrtle), sized for 28x28 inputs.
 
     Stem: Conv(``widths[0]``, 3x3, SAME) -> BN -> ReLU. Then for each later width ``w`` (stage ``i`` = 1, 2, ...):
@@ -112,45 +151,55 @@ class ResNet(nn.Module):
     multiplied by ``logit_scale`` (small logits train faster with a high learning rate). Convs have no bias.
     """
 
-    num_classes: int = 10
-    widths: Sequence[int] = (32, 64, 128, 256)
-    residual: Sequence[int] = (1, 3)
-    dropout: float = 0.0
-    logit_scale: float = 0.125
-    impl: str | None = None
-    bn_axis_name: str | None = None
-    momentum: float = 0.9
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128, 256),
+                 residual: Sequence[int] = (1, 3), dropout: float = 0.0, logit_scale: float = 0.125,
+                 impl: str | None = None, bn_axis_name: str | None = None, momentum: float = 0.9,
+                 input_shape: Sequence[int] = (28, 28, 1), *, rngs: nnx.Rngs):
+        self.num_classes, self.widths, self.residual = num_classes, tuple(widths), tuple(residual)
+        self.dropout, self.logit_scale, self.impl = dropout, logit_scale, impl
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        def conv_bn(y, w, pool=False):  # Conv -> (MaxPool 2) -> BN
-            y = Conv(w, padding="SAME", use_bias=False, impl=self.impl)(y)
-            y = max_pool(y, 2, impl=self.impl) if pool else y
-            return nn.BatchNorm(use_running_average=not train, momentum=self.momentum, axis_name=self.bn_axis_name,
-                                dtype=y.dtype)(y)
+        def conv_bn(cin: int, cout: int) -> tuple[str, str]:
+            return (self._add("Conv", Conv(cin, cout, padding="SAME", use_bias=False, impl=impl, rngs=rngs)),
+                    self._add("BatchNorm", _batch_norm(cout, momentum, bn_axis_name, rngs)))
 
-        x = nn.relu(conv_bn(x, self.widths[0]))
-        for i, w in enumerate(self.widths[1:], start=1):
-            x = nn.relu(conv_bn(x, w, pool=True))
-            if i in self.residual:
-                x = x + nn.relu(conv_bn(nn.relu(conv_bn(x, w)), w))
-        x = jnp.max(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=x.dtype, dot_general=dot_general)(x) * self.logit_scale
+        self.stem = conv_bn(input_shape[-1], self.widths[0])
+        stages = []
+        for i, (cin, w) in enumerate(zip(self.widths, self.widths[1:], strict=False), start=1):
+            first = conv_bn(cin, w)
+            stages.append((first, (conv_bn(w, w), conv_bn(w, w)) if i in self.residual else ()))
+        self.stages = tuple(stages)
+        self._add("Dropout", nnx.Dropout(dropout, deterministic=False, rngs=rngs))
+        self._add("Dense", _dense(self.widths[-1], num_classes, rngs))
+
+    def _conv_bn(self, names: tuple[str, str], x: jax.Array, pool: bool = False) -> jax.Array:
+        conv, bn = names
+        y = self._run(conv, x)
+        return self._run(bn, max_pool(y, 2, impl=self.impl) if pool else y)
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        x = jax.nn.relu(self._conv_bn(self.stem, x))
+        for first, block in self.stages:
+            x = jax.nn.relu(self._conv_bn(first, x, pool=True))
+            if block:
+                x = x + jax.nn.relu(self._conv_bn(block[1], jax.nn.relu(self._conv_bn(block[0], x))))
+        x = self._run("Dropout_0", jnp.max(x, axis=(1, 2)), rngs=rngs)
+        return self._run("Dense_0", x) * self.logit_scale
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN, "resnet": ResNet}
+MODELS: dict[str, Callable[..., nnx.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN, "resnet": ResNet}
 
 
-def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Add ``factory`` (a Module class or function returning one) under ``name``."""
+def register_model(name: str, factory: Callable[..., nnx.Module]) -> None:
+    """Add ``factory`` (an ``nnx.Module`` class, or a function returning one, taking ``rngs=`` and the
+    registry's keyword arguments) under ``name``."""
     MODELS[name] = factory
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Model by registry name, e.g. ``get_model("bn_cnn", widths=(48, 96, 192), dropout=0.4)``."""
+def get_model(name: str, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> nnx.Module:
+    """Model by registry name, e.g. ``get_model("bn_cnn", widths=(48, 96, 192), rngs=nnx.Rngs(0))``;
+    ``rngs`` defaults to ``nnx.Rngs(0)``."""
     try:
         factory = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
-    return factory(**kwargs)
+    return factory(rngs=nnx.Rngs(0) if rngs is None else rngs, **kwargs)

@@ -177,19 +177,21 @@ _matmul_lowp.defvjp(_matmul_lowp_fwd, _matmul_lowp_bwd)
 
 
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision: lax.PrecisionLike = None,
-                preferred_element_type=None) -> jax.Array:
+                preferred_element_type=None, out_sharding=None) -> jax.Array:
     """``lax.dot_general``, except that bfloat16/float16 operands multiply with float32 accumulation, in the
     forward and the backward pass, each result rounded to their dtype once (XLA:CPU's fast low-precision
-    path; bf16 -> bf16 dots take a slow one). Flax's ``dot_general`` signature (``nn.Dense(dot_general=...)``)."""
+    path; bf16 -> bf16 dots take a slow one). Flax's ``dot_general`` signature (``nnx.Linear(dot_general=...)``);
+    an ``out_sharding`` goes to ``lax.dot_general`` as it is."""
     precision = _backend.matmul_precision(lhs.dtype) if precision is None else precision
-    low = preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _LOW_PRECISION
+    low = (preferred_element_type is None and out_sharding is None and lhs.dtype == rhs.dtype
+           and lhs.dtype in _LOW_PRECISION)
     if low and rhs.ndim == 2 and tuple(map(tuple, dimension_numbers[0])) == ((lhs.ndim - 1,), (0,)) \
             and not any(dimension_numbers[1]):
         return _matmul_lowp(lhs, rhs, precision)
     if low:
         return _acc32(lhs, rhs, dimension_numbers, precision)
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type)
+                           preferred_element_type=preferred_element_type, out_sharding=out_sharding)
 
 
 def _matmul(a: jax.Array, b: jax.Array, precision: lax.PrecisionLike) -> jax.Array:

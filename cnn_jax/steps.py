@@ -1,6 +1,8 @@
 """Pure train/eval steps and their loop-fused chunk/epoch versions.
 
-Everything here is a pure function of explicit arguments, to be compiled by :mod:`cnn_jax.parallel`.
+Everything here is a pure function of explicit arguments, to be compiled by :mod:`cnn_jax.parallel`. The
+``model`` argument is an NNX module used as a template only: its graph and settings, with the state's
+params and batch statistics put in (:func:`cnn_jax.train_state.bind`); its own arrays are not read.
 Data are device-resident uint8 images ``(N, H, W, C)`` (NHWC) and int32 labels ``(N,)``; batches are
 gathered by index from an on-device permutation and turned into floats by ``preprocess(key, uint8_batch)``
 inside the compiled function.
@@ -11,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax import lax
 
 from cnn_jax.backend import INFERENCE_IMPL
 from cnn_jax.config import PRECISIONS, TTA_NAMES
-from cnn_jax.train_state import TrainState, model_variables
+from cnn_jax.train_state import TrainState, bind
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
            "tta_logits", "COMPUTE_DTYPES", "cast_params", "inference_model", "eval_logits"]
@@ -57,16 +59,20 @@ def cast_params(params: Any, dtype: Any) -> Any:
     return params if dtype == jnp.float32 else jax.tree.map(lambda a: a.astype(dtype), params)
 
 
-def inference_model(model: nn.Module) -> nn.Module:
-    """``model`` as evaluation and prediction run it: with :data:`cnn_jax.backend.INFERENCE_IMPL` (the native
-    convolution and pooling) where its ``impl`` is left to the default (None); any other model as it is. The
-    parameters are the same."""
-    if getattr(model, "impl", "") is None:
-        return model.clone(impl=INFERENCE_IMPL)
-    return model
+def _default_impl(path: Any, node: Any) -> bool:
+    return isinstance(node, nnx.Module) and getattr(node, "impl", "") is None
 
 
-def eval_logits(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, tta: Sequence[str] = (),
+def inference_model(model: nnx.Module) -> nnx.Module:
+    """``model`` as evaluation and prediction run it: its layers whose ``impl`` is left to the default (None)
+    with :data:`cnn_jax.backend.INFERENCE_IMPL` (the native convolution and pooling), the rest as they are.
+    The parameters are the same arrays; ``model`` is unchanged."""
+    if not any(_default_impl(p, m) for p, m in nnx.iter_modules(model)):
+        return model
+    return nnx.with_attributes(model, only=_default_impl, impl=INFERENCE_IMPL)
+
+
+def eval_logits(model: nnx.Module, params: Any, batch_stats: Any, x: jax.Array, tta: Sequence[str] = (),
                 compute_dtype: Any = jnp.float32) -> jax.Array:
     """Inference-mode float32 logits ``(B, num_classes)`` for float NHWC ``x``, computed in ``compute_dtype``
     as in training (:func:`cast_params`; batch statistics stay float32) by :func:`inference_model`, and
@@ -82,18 +88,21 @@ def step_keys(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
     return shuffle_root, pre_key, drop_key
 
 
-def _apply(model: nn.Module, params, batch_stats, x, train: bool, drop_key=None):
-    """Logits (and new batch stats when training a model that has them)."""
-    variables = model_variables(params, batch_stats)
-    rngs = {"dropout": drop_key} if drop_key is not None else {}
-    if train and batch_stats:
-        logits, updates = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return model.apply(variables, x, train=train, rngs=rngs), batch_stats
+def _apply(model: nnx.Module, params, batch_stats, x, train: bool, drop_key=None):
+    """Logits (and new batch stats when training a model that has them): ``model``'s graph holding ``params``
+    and ``batch_stats``, in training (dropout keys from ``drop_key``) or evaluation mode."""
+    m = bind(model, params, batch_stats)
+    if train:
+        m.train()
+    else:
+        m.eval()
+    with jax.named_scope(type(m).__name__):  # profiles charge the model's own ops (pooling, ReLU) to it
+        logits = m(x, rngs=None if drop_key is None else nnx.Rngs(dropout=drop_key))
+    return logits, nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)) if train and batch_stats else batch_stats
 
 
 def train_step(
-    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module,
+    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nnx.Module,
     tx: optax.GradientTransformation, preprocess: Preprocess = default_preprocess,
     label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32, axis_name: str | None = None,
     microbatch: int | None = None,
@@ -199,7 +208,7 @@ def train_chunk(
 
 
 def evaluate(
-    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nn.Module, batch: int,
+    state: TrainState, images: jax.Array, labels: jax.Array, *, model: nnx.Module, batch: int,
     preprocess: Preprocess = default_preprocess, batch_sharding: Any = None, tta: Sequence[str] = (),
     compute_dtype: Any = jnp.float32,
 ) -> dict[str, jax.Array]:

@@ -28,10 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
@@ -50,7 +49,14 @@ from cnn_jax.config import AUTO, Config, differences
 from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, write_json, write_text
 from cnn_jax.models import get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
-from cnn_jax.train_state import TrainState, create_train_state, eval_params, make_optimizer, make_schedule
+from cnn_jax.train_state import (
+    TrainState,
+    create_train_state,
+    eval_params,
+    make_optimizer,
+    make_schedule,
+    seed_keys,
+)
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
            "saved_config", "has_checkpoints", "train_eval_size", "CKPT_SUBDIR", "CONFIG_FILE"]
@@ -78,12 +84,14 @@ class StoppedError(Exception):
         self.signal, self.step = signal, step
 
 
-def build_model(config: Config, num_classes: int) -> nn.Module:
-    return get_model(config.model.name, num_classes=num_classes, **config.model.kwargs())
+def build_model(config: Config, num_classes: int, input_shape: Sequence[int]) -> nnx.Module:
+    """The run's model (``config.model``) for one example shape ``(H, W, C)``, initialised from ``train.seed``
+    (:func:`cnn_jax.train_state.seed_keys`)."""
+    return get_model(config.model.name, num_classes=num_classes, input_shape=tuple(input_shape),
+                     rngs=nnx.Rngs(seed_keys(config.train.seed)[0]), **config.model.kwargs())
 
 
-def resolve_microbatch(config: Config, model: nn.Module | None, input_shape: Sequence[int],
-                       saved: dict[str, Any] | None = None) -> Config:
+def resolve_microbatch(config: Config, model: nnx.Module | None, saved: dict[str, Any] | None = None) -> Config:
     """``train.microbatch="auto"`` made concrete: a resumed run's recorded choice (``saved``, its config dict);
     else the backend's rule, :func:`cnn_jax.backend.auto_microbatch` (on CPU 16-image slices, 32 for a model
     with batch norm, when they divide the global batch; off on other backends and under ``pmap``). Other values
@@ -93,8 +101,8 @@ def resolve_microbatch(config: Config, model: nn.Module | None, input_shape: Seq
     if saved is not None:
         value = saved.get("train", {}).get("microbatch")  # runs from before "auto" recorded None
     else:
-        stats = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
-        value = auto_microbatch(bool(stats.get("batch_stats")), config.train.batch_size, config.run.parallelism)
+        has_bn = bool(jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+        value = auto_microbatch(has_bn, config.train.batch_size, config.run.parallelism)
     return config.replace(train=config.train.replace(microbatch=value))
 
 
@@ -103,7 +111,8 @@ class Trainer:
     counted in ``trace_counts``); state and data go in and out explicitly.
 
     Args:
-      model: a Flax module called as ``model.apply(vars, x, train=...)``.
+      model: an NNX module called as ``model(x, rngs=...)`` (:mod:`cnn_jax.models`); its variables are the
+        initial state (:func:`~cnn_jax.train_state.create_train_state`), its graph the compiled steps' template.
       config: the run's :class:`~cnn_jax.config.Config` (``train``, ``run.parallelism``, ``data.tta``).
       num_train: training-set size N (steps per epoch = ``N // batch_size``, the schedule length).
       input_shape: one example ``(H, W, C)``.
@@ -111,10 +120,10 @@ class Trainer:
       devices: default: every device of every process (``sharded``, ``pmap``: this host's), the first for ``none``.
     """
 
-    def __init__(self, model: nn.Module, config: Config, num_train: int, input_shape: Sequence[int],
+    def __init__(self, model: nnx.Module, config: Config, num_train: int, input_shape: Sequence[int],
                  preprocess: Preprocess | None = None, eval_preprocess: Preprocess | None = None,
                  devices: Sequence[jax.Device] | None = None):
-        config = resolve_microbatch(config, model, input_shape)
+        config = resolve_microbatch(config, model)
         cfg, run = config.train, config.run
         self.config, self.cfg, self.input_shape = config, cfg, tuple(input_shape)
         self.steps_per_epoch = num_train // cfg.batch_size
@@ -143,11 +152,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ placement
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the state (no compute): the target of a checkpoint restore."""
-        return jax.eval_shape(lambda: create_train_state(self.model, self.tx, self.input_shape, self.cfg.seed))
+        return jax.eval_shape(lambda: create_train_state(self.model, self.tx, self.cfg.seed))
 
     def init_state(self) -> TrainState:
-        """Fresh state from ``train.seed``, placed."""
-        return self.place_state(create_train_state(self.model, self.tx, self.input_shape, self.cfg.seed))
+        """Fresh state: the model's initial variables and the run key of ``train.seed``, placed."""
+        return self.place_state(create_train_state(self.model, self.tx, self.cfg.seed))
 
     def place_state(self, state: TrainState) -> TrainState:
         """Host (or device) state -> replicated on the mesh, or stacked per device for ``pmap``."""
@@ -172,8 +181,8 @@ class Trainer:
         cfg = self.cfg
         axis = parallel.PMAP_AXIS if self.pmap else None
         model = self.model
-        if self.pmap and "bn_axis_name" in getattr(model, "__dataclass_fields__", {}):
-            model = model.clone(bn_axis_name=axis)  # batch statistics over all devices, as on the mesh
+        if self.pmap and any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(model)):
+            model = nnx.with_attributes(model, only=nnx.BatchNorm, axis_name=axis)  # statistics over all devices
         step_fn = functools.partial(
             train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
             compute_dtype=COMPUTE_DTYPES[cfg.precision], axis_name=axis,
@@ -335,15 +344,15 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     _agree(lambda: _claim_run_folder(run_dir, check_only=True))  # a user's folder: refused, nothing written
     saved, saved_data = _saved(run_dir) or (None, None)
     if saved is not None:
-        config = resolve_microbatch(config, None, (), saved)  # "auto": the run's own choice
+        config = resolve_microbatch(config, None, saved)  # "auto": the run's own choice
         if diffs := differences(saved, config):
             raise IncompatibleCheckpointError(run_dir, diffs)
 
     t_start = time.perf_counter()
     splits, preprocess, eval_preprocess = load_data(config)
     train, val, test = splits.train, splits.val, splits.test
-    model = build_model(config, splits.num_classes)
-    config = resolve_microbatch(config, model, train.images.shape[1:])  # a new run: the rule, recorded below
+    model = build_model(config, splits.num_classes, train.images.shape[1:])
+    config = resolve_microbatch(config, model)  # a new run: the rule, recorded below
     trainer = Trainer(model, config, len(train), train.images.shape[1:], preprocess, eval_preprocess)
     cfg, spe = config.train, trainer.steps_per_epoch
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),

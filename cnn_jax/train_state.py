@@ -1,23 +1,28 @@
-"""The training state pytree, the optax optimizer chain and its learning-rate schedule.
+"""The training state pytree, the optax optimizer chain and its learning-rate schedule, and the bridge between an
+NNX model and that state.
 
-:class:`TrainState` holds only arrays (no functions), so one value can be jitted, donated, sharded and
-checkpointed as is; the model and optimizer are kept by the code that steps it (:mod:`cnn_jax.steps`).
+:class:`TrainState` holds only arrays (no functions, no modules), so one value can be jitted, donated, sharded
+and checkpointed as is; the model and optimizer are kept by the code that steps it (:mod:`cnn_jax.steps`).
+A model's ``nnx.Param`` and ``nnx.BatchStat`` variables live in it as pure dicts (:func:`model_state`); a
+compiled step puts them back into a copy of the model's graph (:func:`bind`), as Flax's performance guide
+does with ``nnx.split``/``nnx.merge``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from cnn_jax.config import TrainConfig
 
 __all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables", "EmaState",
-           "ema_of_params", "eval_params"]
+           "ema_of_params", "eval_params", "seed_keys", "model_state", "bind"]
 
 
 @flax.struct.dataclass
@@ -113,20 +118,41 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     return optax.chain(*parts)
 
 
-def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int
-) -> TrainState:
-    """Initialise params (from ``input_shape`` = one NHWC example ``(H, W, C)``) and optimizer state."""
-    root = jax.random.PRNGKey(seed)
-    init_key, key = jax.random.split(root)
-    variables = model.init({"params": init_key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-        batch_stats=variables.get("batch_stats", {}), key=key,
-    )
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, run_key)`` of a run's ``train.seed``: the model's initialisation (``nnx.Rngs(init_key)``)
+    and :attr:`TrainState.key`."""
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, run_key
+
+
+def model_state(model: nnx.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(params, batch_stats)``: the model's ``nnx.Param`` and ``nnx.BatchStat`` values as pure dicts (new
+    buffers, so a step may donate them), keyed by submodule (``{"Conv_0": {"kernel", "bias"}, ...}``);
+    ``batch_stats`` is ``{}`` for a model without batch norm."""
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    copy = functools.partial(jax.tree.map, lambda a: jnp.array(a, copy=True))
+    return copy(nnx.to_pure_dict(params)), copy(nnx.to_pure_dict(stats))
+
+
+def bind(model: nnx.Module, params: Any, batch_stats: Any) -> nnx.Module:
+    """A new module of ``model``'s graph and settings holding ``params`` and ``batch_stats`` (pure dicts as
+    :func:`model_state` gives; any dtype, e.g. bf16 copies); ``model`` itself is unchanged. Inside ``jit`` the
+    split and merge are trace-time Python only."""
+    graphdef, p, s, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    nnx.replace_by_pure_dict(p, params)
+    if batch_stats:
+        nnx.replace_by_pure_dict(s, batch_stats)
+    return nnx.merge(graphdef, p, s, rest)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """The model's variables (:func:`model_state`), their optimizer state, step 0 and the run key of ``seed``
+    (:func:`seed_keys`; the model was initialised from its ``init_key`` when built from a config)."""
+    params, batch_stats = model_state(model)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      batch_stats=batch_stats, key=seed_keys(seed)[1])
 
 
 def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
-    """The Flax variables ``{"params", "batch_stats"}`` (``batch_stats`` only when the model has any)."""
+    """``{"params", "batch_stats"}`` (``batch_stats`` only when the model has any): a model's state in one dict."""
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}

@@ -5,6 +5,7 @@ pretends to be on, so that they also hold on a GPU (``benchmarks/device_check.py
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax import lax
 
 from cnn_jax import backend, conv2d, default_impl
@@ -12,6 +13,7 @@ from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import BNCNN, LabCNN
 from cnn_jax.ops import dot_general
 from cnn_jax.train import Trainer, resolve_microbatch
+from cnn_jax.train_state import bind, model_state
 
 X = jnp.ones((2, 8, 8, 3))
 K = jnp.ones((3, 3, 3, 4))
@@ -63,15 +65,15 @@ def test_conv_impl_follows_the_backend(on):
 
 
 # ----------------------------------------------------------------------------------------- microbatch
-@pytest.mark.parametrize("model,value", [(LabCNN(), 16), (BNCNN(widths=(8, 16)), 32)])
+@pytest.mark.parametrize("model,value", [(LabCNN(rngs=nnx.Rngs(0)), 16), (BNCNN(widths=(8, 16), rngs=nnx.Rngs(0)), 32)])
 def test_auto_microbatch_on_cpu_and_off_on_gpu_tpu(on, model, value):
     on("cpu")
     config = Config(train=TrainConfig(batch_size=128))
-    assert resolve_microbatch(config, model, SHAPE).train.microbatch == value
-    assert resolve_microbatch(config.replace(run=RunConfig(parallelism="pmap")), model, SHAPE).train.microbatch is None
+    assert resolve_microbatch(config, model).train.microbatch == value
+    assert resolve_microbatch(config.replace(run=RunConfig(parallelism="pmap")), model).train.microbatch is None
     for name in ("gpu", "tpu"):
         on(name)
-        assert resolve_microbatch(config, model, SHAPE).train.microbatch is None
+        assert resolve_microbatch(config, model).train.microbatch is None
     assert backend.auto_microbatch(True, 128, "none", "cpu") == 32  # the rule itself, backend given
     assert backend.auto_microbatch(False, 24, "none", "cpu") is None  # 16 does not divide 24
     assert backend.auto_microbatch(False, 16, "none", "cpu") is None  # not smaller than the batch
@@ -80,9 +82,9 @@ def test_auto_microbatch_on_cpu_and_off_on_gpu_tpu(on, model, value):
 def test_a_trainer_built_on_gpu_records_no_microbatch(on):
     on("cpu")
     config = Config(train=TrainConfig(batch_size=64))
-    assert Trainer(LabCNN(widths=(4, 8), dense=8), config, 256, SHAPE).cfg.microbatch == 16
+    assert Trainer(LabCNN(widths=(4, 8), dense=8, rngs=nnx.Rngs(0)), config, 256, SHAPE).cfg.microbatch == 16
     on("gpu")
-    assert Trainer(LabCNN(widths=(4, 8), dense=8), config, 256, SHAPE).cfg.microbatch is None
+    assert Trainer(LabCNN(widths=(4, 8), dense=8, rngs=nnx.Rngs(0)), config, 256, SHAPE).cfg.microbatch is None
 
 
 # ---------------------------------------------------------------------------------- precision default
@@ -110,12 +112,14 @@ def test_float32_convs_and_matmuls_are_full_precision_on_gpu_tpu(on, impl):
 
 
 def test_dense_layers_and_gradients_are_full_precision_on_gpu(on):
-    model = LabCNN(widths=(4, 8), dense=8, impl="native")
+    model = LabCNN(widths=(4, 8), dense=8, impl="native", rngs=nnx.Rngs(0))
     x = jnp.ones((2, *SHAPE))
-    params = model.init(jax.random.key(0), x)
+    params, _ = model_state(model)
 
     def loss(p):
-        return model.apply(p, x).sum()
+        m = bind(model, p, {})
+        m.eval()
+        return m(x).sum()
 
     on("cpu")
     assert set().union(*_precisions(jax.grad(loss), params).values()) == {None}

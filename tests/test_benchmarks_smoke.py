@@ -45,6 +45,21 @@ def test_peers_benchmark_smoke(tmp_path, capsys):
     assert "% of GEMM peak" in printed and "| model | batch | runner |" in printed
 
 
+def test_ab_benchmark_smoke(tmp_path, capsys):
+    """Two checkouts side by side (here this one twice): one worker process each, paired windows, ratios."""
+    out = tmp_path / "ab.json"
+    rows = runpy.run_path(str(ROOT / "benchmarks" / "ab.py"), run_name="bench")["main"](
+        [str(ROOT), str(ROOT), "--smoke", "--runners", "jax_defaults", "flax_example", "--models", "lab", "bn",
+         "--json", str(out)])
+    assert [(r["model"], r["runner"]) for r in rows] == [("lab", "jax_defaults"), ("lab", "flax_example"),
+                                                          ("bn", "jax_defaults")]  # flax_example: LabCNN only
+    for r in rows:
+        assert len(r["before"]) == len(r["after"]) == len(r["ratios"]) == 2 and min(r["ratios"]) > 0
+        assert r["ratio_low"] <= r["ratio_median"] <= r["ratio_high"]
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "after/before" in capsys.readouterr().out
+
+
 def test_step_profile_smoke(tmp_path, capsys):
     """Per layer and pass: every ResNet conv and batch norm has a forward and a backward row, kernels named."""
     out = tmp_path / "profile.json"

@@ -75,6 +75,7 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
     from cnn_jax import load
     from cnn_jax.data import load as load_data
     from cnn_jax.steps import inference_model
+    from cnn_jax.train_state import bind
 
     test = load_data("fashion_mnist", data_dir=str(fashion_tfds_dir), val_size=0).test
     lm = load(tmp_path / "best", "latest")
@@ -82,8 +83,10 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
     assert float(np.mean(pred == test.labels[:1000])) == pytest.approx(results["test_accuracy"], abs=1e-6)
 
     def view_logits(dtype, x):
-        v = {**lm.variables, "params": jax.tree.map(lambda a: a.astype(dtype), lm.variables["params"])}
-        return inference_model(lm.model).apply(v, x.astype(dtype), train=False).astype(jnp.float32)
+        params = jax.tree.map(lambda a: a.astype(dtype), lm.variables["params"])
+        model = bind(inference_model(lm.model), params, lm.variables.get("batch_stats", {}))
+        model.eval()
+        return model(x.astype(dtype)).astype(jnp.float32)
 
     def tta(dtype):  # jitted with the images as an argument, as in the model's own evaluation
         return jax.jit(lambda x, y: (view_logits(dtype, x) + view_logits(dtype, y)) / 2)(

@@ -1,60 +1,113 @@
 import jax
 import jax.numpy as jnp
+import linen_models  # the Linen models of every checkpoint saved before NNX
 import numpy as np
 import pytest
+from flax import nnx
 
 from cnn_jax.models import BNCNN, MODELS, Conv, LabCNN, get_model, register_model
+from cnn_jax.train_state import bind, model_state
+
+SMALL = {"lab_cnn": {"widths": (4, 8), "dense": 16}, "bn_cnn": {"widths": (4, 8), "dense": 16},
+         "resnet": {"widths": (4, 8, 8, 8)}}
 
 
 def test_lab_cnn_shapes_match_keras_layout():
-    model = LabCNN()
+    model = LabCNN(rngs=nnx.Rngs(0))
     x = jnp.zeros((3, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    shapes = jax.tree.map(lambda a: a.shape, variables["params"])
+    params, stats = model_state(model)
+    shapes = jax.tree.map(lambda a: a.shape, params)
     assert shapes["Conv_0"]["kernel"] == (3, 3, 1, 32)
     assert shapes["Conv_1"]["kernel"] == (3, 3, 32, 64)
     assert shapes["Dense_0"]["kernel"] == (1600, 128)  # 28 -> 26 -> 13 -> 11 -> 5: 5*5*64
     assert shapes["Dense_1"]["kernel"] == (128, 10)
-    assert model.apply(variables, x).shape == (3, 10)
-    out = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-    assert out.shape == (3, 10)
+    assert stats == {}
+    assert model(x).shape == (3, 10)
+    assert LabCNN(input_shape=(32, 32, 3), rngs=nnx.Rngs(0))(jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
 
 
-def test_bn_cnn_shapes_and_batch_stats():
-    model = BNCNN(widths=(8, 16, 32), dense=32)
+def test_train_and_eval_modes_switch_dropout_and_batch_norm():
+    model = BNCNN(widths=(8, 16, 32), dense=32, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-    assert "batch_stats" in variables
-    logits, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                                                   mutable=["batch_stats"]))(variables, x)
-    assert logits.shape == (4, 10)
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"], variables["batch_stats"])
-    assert any(jax.tree.leaves(changed))
-    assert variables["params"]["Dense_0"]["kernel"].shape == (3 * 3 * 32, 32)
+    assert model.Dropout_0.deterministic is False and model.BatchNorm_0.use_running_average is False
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    a, b = model(x), model(x)  # training mode: new dropout masks each call, running averages updated
+    assert a.shape == (4, 10) and bool(jnp.any(a != b))
+    moved = jax.tree.map(lambda u, v: bool(jnp.any(u != v)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), stats)
+    assert all(jax.tree.leaves(moved))
+    np.testing.assert_array_equal(model(x, rngs=jax.random.key(3)), model(x, rngs=jax.random.key(3)))
+    model.eval()
+    assert model.Dropout_3.deterministic is True and model.BatchNorm_3.use_running_average is True
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    np.testing.assert_array_equal(model(x), model(x))
+    same = jax.tree.map(lambda u, v: bool(jnp.all(u == v)), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), stats)
+    assert all(jax.tree.leaves(same))
+    assert model(x[:1]).shape == (1, 10)  # running averages: one image is enough
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reads_the_linen_variables_and_computes_the_same(name):
+    """Runs saved before NNX hold the Linen models' variables: the NNX model's trees are the same (names, shapes)
+    and, holding them, it computes the same logits, batch statistics and gradients."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    kw = {**SMALL[name], "dropout": 0.0, **({"conv_dropout": 0.0} if name == "bn_cnn" else {})}
+    old = linen_models.get_model(name, **kw)
+    variables = old.init(jax.random.PRNGKey(1), x)
+    model = get_model(name, **kw)
+    params, stats = model_state(model)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, variables["params"])
+    assert jax.tree.map(jnp.shape, stats) == jax.tree.map(jnp.shape, variables.get("batch_stats", {}))
+    new = bind(model, variables["params"], variables.get("batch_stats", {}))
+    new.eval()
+    np.testing.assert_array_equal(new(x), old.apply(variables, x))
+    new.train()
+
+    def linen_loss(p):
+        out, upd = old.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])
+        return out.sum(), upd.get("batch_stats", {})
+
+    def nnx_loss(p):
+        m = bind(model, p, variables.get("batch_stats", {}))
+        m.train()
+        return m(x).sum(), nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
+
+    (_, want_stats), want = jax.value_and_grad(linen_loss, has_aux=True)(variables["params"])
+    (_, got_stats), got = jax.value_and_grad(nnx_loss, has_aux=True)(variables["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got_stats, want_stats)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_impls_agree(name):
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
-    kw = {"lab_cnn": {"widths": (4, 8)}, "resnet": {"widths": (4, 8, 8, 8)}}.get(name, {"widths": (4, 8), "dense": 16})
-    a, b = get_model(name, impl="native", **kw), get_model(name, impl="im2col", **kw)
-    variables = a.init(jax.random.PRNGKey(0), x)
-    np.testing.assert_allclose(a.apply(variables, x), b.apply(variables, x), rtol=1e-4, atol=1e-5)
+    a, b = get_model(name, impl="native", **SMALL[name]), get_model(name, impl="im2col", **SMALL[name])
+    a.eval(), b.eval()
+    np.testing.assert_allclose(a(x), b(x), rtol=1e-4, atol=1e-5)  # same rngs: same parameters
 
 
 def test_conv_module_matches_flax_conv():
-    import flax.linen as nn
-
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
-    ours = Conv(5, padding="SAME")
-    variables = ours.init(jax.random.PRNGKey(1), x)
-    ref = nn.Conv(5, (3, 3), padding="SAME").apply(variables, x)
-    np.testing.assert_allclose(ours.apply(variables, x), ref, rtol=1e-5, atol=1e-5)
+    ours = Conv(3, 5, padding="SAME", rngs=nnx.Rngs(1))
+    ref = nnx.Conv(3, 5, (3, 3), padding="SAME", rngs=nnx.Rngs(2))
+    ref.kernel[...], ref.bias[...] = ours.kernel[...], jax.random.normal(jax.random.PRNGKey(3), (5,))
+    ours.bias[...] = ref.bias[...]
+    np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_parameters_compute_in_bf16():
+    model = get_model("bn_cnn", **SMALL["bn_cnn"])
+    params, stats = model_state(model)
+    m = bind(model, jax.tree.map(lambda a: a.astype(jnp.bfloat16), params), stats)
+    m.eval()
+    assert m(jnp.zeros((2, 28, 28, 1), jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_registry():
     assert get_model("lab_cnn", dropout=0.1).dropout == 0.1
     assert get_model("bn_cnn", widths=(16, 32)).widths == (16, 32)
+    first, again, other = (model_state(get_model("lab_cnn", rngs=nnx.Rngs(s)))[0] for s in (0, 0, 1))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), first, again))
+    assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), first, other))
     with pytest.raises(ValueError, match="unknown model"):
         get_model("resnet9000")
     register_model("tiny_lab", lambda **kw: LabCNN(widths=(2, 2), dense=4, **kw))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from synthetic import make_data, train
 
 from cnn_jax.checkpoint import RunCheckpointer
@@ -22,7 +23,7 @@ from cnn_jax.train_state import ema_of_params, eval_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = make_data(256, seed=0)
-TINY = ResNet(widths=(4, 8, 8, 8))
+TINY = ResNet(widths=(4, 8, 8, 8), rngs=nnx.Rngs(0))
 
 
 def _trainer(parallelism: str = "none", ema: float | None = 0.9, model=TINY) -> Trainer:
@@ -92,7 +93,7 @@ def _fast_trainer(parallelism: str) -> Trainer:
     micro = preset.train.microbatch
     cfg = preset.override({"model.widths": (4, 8, 8, 8), "train.batch_size": 2 * micro, "train.epochs": 2,
                            "run.parallelism": parallelism, "run.eval_batch_size": 32})
-    return Trainer(build_model(cfg, 10), cfg, len(DATA[0]), (28, 28, 1), *preprocessing(cfg))
+    return Trainer(build_model(cfg, 10, (28, 28, 1)), cfg, len(DATA[0]), (28, 28, 1), *preprocessing(cfg))
 
 
 def test_fast_preset_on_eight_devices_equals_one_and_resumes_bit_identically(tmp_path):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from synthetic import make_data, train
 
 from cnn_jax.backend import INFERENCE_IMPL
@@ -14,7 +15,7 @@ from cnn_jax.config import Config, ConfigError, DataConfig, RunConfig, TrainConf
 from cnn_jax.models import LabCNN, get_model
 from cnn_jax.steps import default_preprocess, evaluate, inference_model
 from cnn_jax.train import NonFiniteLossError, Trainer
-from cnn_jax.train_state import make_schedule
+from cnn_jax.train_state import bind, make_schedule
 
 TINY = dict(widths=(8, 16), dense=32, dropout=0.1)
 TRAIN = make_data(1024, seed=0)
@@ -23,7 +24,14 @@ BASE = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
 
 
 def tiny(**kw):
-    return LabCNN(**{**TINY, **kw})
+    return LabCNN(**{**TINY, **kw}, rngs=nnx.Rngs(0))
+
+
+def eval_apply(model, params, x):
+    """Evaluation-mode logits of ``model`` holding ``params``."""
+    m = bind(model, params, {})
+    m.eval()
+    return m(x)
 
 
 def trainer_for(model=None, cfg=BASE, tta=(), **run):
@@ -86,7 +94,7 @@ def test_evaluate_partial_batch_and_confusion():
     trainer = trainer_for()
     state = trainer.init_state()
     ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
-    logits = trainer.model.apply({"params": state.params}, default_preprocess(None, jnp.asarray(VAL[0])))
+    logits = eval_apply(trainer.model, state.params, default_preprocess(None, jnp.asarray(VAL[0])))
     pred = np.asarray(jnp.argmax(logits, -1))
     expected = np.zeros((10, 10), np.int64)
     np.add.at(expected, (VAL[1], pred), 1)
@@ -101,7 +109,7 @@ def test_evaluate_with_flip_tta_averages_mirrored_logits():
     state = trainer.init_state()
     ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
     x = default_preprocess(None, jnp.asarray(VAL[0]))
-    apply = lambda v: trainer.model.apply({"params": state.params}, v)  # noqa: E731
+    apply = lambda v: eval_apply(trainer.model, state.params, v)  # noqa: E731
     logits = (apply(x) + apply(x[:, :, ::-1])) / 2
     pred = np.asarray(jnp.argmax(logits, -1))
     assert not np.array_equal(pred, np.asarray(jnp.argmax(apply(x), -1)))  # the views change predictions
@@ -163,9 +171,12 @@ def test_evaluation_takes_the_native_ops_and_training_the_backends():
     pooling) on the parameters training made with the backend's (im2col on CPU); a model whose ``impl`` is set
     keeps it. Both give the same evaluation to rounding."""
     model = get_model("resnet", widths=(8, 8, 16, 16))
-    assert model.impl is None and inference_model(model).impl == INFERENCE_IMPL == "native"
-    assert inference_model(model.clone(impl="im2col")).impl == "im2col"
-    assert inference_model(tiny(impl="im2col")) == tiny(impl="im2col")
+    native = inference_model(model)
+    assert model.impl is model.Conv_0.impl is None  # unchanged
+    assert native.impl == native.Conv_0.impl == INFERENCE_IMPL == "native"
+    assert inference_model(nnx.with_attributes(model, impl="im2col")).Conv_3.impl == "im2col"
+    im2col = tiny(impl="im2col")
+    assert inference_model(im2col) is im2col
     trainer = trainer_for(model, tta=("flip",))
     data = trainer.put_data(*TRAIN)
     state, _ = trainer.train_chunk(trainer.init_state(), data, steps=4)
@@ -175,8 +186,8 @@ def test_evaluation_takes_the_native_ops_and_training_the_backends():
     assert "convolution" in evaluation and "reduce_window" in evaluation
     assert ("convolution" in training) == (jax.default_backend() != "cpu")  # CPU trains with im2col
     got = trainer.evaluate(state, val)
-    want = {impl: jax.jit(functools.partial(evaluate, model=model.clone(impl=impl), batch=128, tta=("flip",)))(
-        state, *val) for impl in ("native", "im2col")}
+    want = {impl: jax.jit(functools.partial(evaluate, model=nnx.with_attributes(model, impl=impl), batch=128,
+                                            tta=("flip",)))(state, *val) for impl in ("native", "im2col")}
     assert float(got["loss"]) == float(want["native"]["loss"])
     np.testing.assert_array_equal(got["confusion"], want["native"]["confusion"])
     assert float(want["im2col"]["loss"]) == pytest.approx(float(got["loss"]), rel=1e-5)
