@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
-    args, rest = parser.parse_known_args(argv[:1])
-    rest, name = argv[1:], args.command
+    name, rest = parser.parse_args(argv[:1]).command, argv[1:]
     sub = f"{prog} {name}"
     if name == "train":
         _train(rest, command)
