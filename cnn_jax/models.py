@@ -190,8 +190,9 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNC
 
 
 def register_model(name: str, factory: Callable[..., nnx.Module]) -> None:
-    """Add ``factory`` (an ``nnx.Module`` class, or a function returning one, taking ``rngs=`` and the
-    registry's keyword arguments) under ``name``."""
+    """Add ``factory`` under ``name``: an ``nnx.Module`` class, or a function returning one, that takes ``rngs=``,
+    ``num_classes=``, ``input_shape=`` (one example, ``(H, W, C)``) and its own keyword arguments; the module is
+    called as ``model(x, rngs=...)`` (dropout keys; ``None`` in evaluation)."""
     MODELS[name] = factory
 
 
