@@ -103,6 +103,11 @@ def _ratio(hit: dict | None, base: dict | None) -> float | None:
     return None if hit is None or base is None else hit["seconds"] / base["seconds"]
 
 
+def _times(ratio: float | None) -> str:
+    """A ratio as printed; "no ratio" where the first setting did not reach the threshold."""
+    return "no ratio" if ratio is None else f"{ratio:.2f}x"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS),
@@ -150,10 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     runs = report["runs"]
     settings = [s for s in a.settings if any(r["setting"] == s for r in runs)]
     summary = summarize(runs, settings)
+    report["summary"] = summary
+    if a.json:
+        write_json(a.json, report)  # atomically, before anything is printed from it
     for s, v in summary.items():
-        times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if m is None else
-                                                    f"{m:.0f} s ({summary[s]['time_ratio'][t]:.2f}x)")
-                          for t, m in v["mean_seconds"].items())
+        times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if secs is None else
+                                                    f"{secs:.0f} s ({_times(v['time_ratio'][t])})")
+                          for t, secs in v["mean_seconds"].items())
         accs = " ".join(f"{x:.4f}" for x in v["final_test_accuracy"])
         seed_ratios = "; ".join(
             f">= {float(t):.0%}: " + " ".join("-" if x is None else f"{x:.2f}x" for x in r) +
@@ -161,9 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
             for t, r in v["seed_time_ratio"].items())
         print(f"{s}: mean over seeds {v['seeds']}: {times}; final test accuracy {v['mean_final_test_accuracy']:.4f} "
               f"({accs}); per seed, to {settings[0]} in the same sitting: {seed_ratios}")
-    report["summary"] = summary
-    if a.json:
-        write_json(a.json, report)  # atomically
     return report
 
 

@@ -163,3 +163,18 @@ def test_time_to_accuracy_merges_sittings(tmp_path, capsys):
     c.write_text(json.dumps({**head, "runs": [_tta_run("f32", 0, None, 0.93)]}))
     with pytest.raises(SystemExit, match="repeat a"):
         main(["--merge", str(a), str(c)])
+
+
+def test_time_to_accuracy_first_setting_short_of_a_threshold(tmp_path, capsys):
+    """A threshold the first setting never reached, but another did: that setting's time is printed with no ratio
+    (the 2026-12-02 seed-1 sitting, where ``fast`` ran first and missed 94%), and the JSON is written."""
+    main = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")["main"]
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"date": "2026-12-02 14:04", "device": "cpu",
+                             "runs": [_tta_run("fast", 1, None, 0.938), _tta_run("f32", 1, 3000.0, 0.942)]}))
+    report = main(["--merge", str(a), "--json", str(tmp_path / "out.json")])
+    assert report["summary"]["f32"]["time_ratio"]["0.94"] is None
+    assert report["summary"]["f32"]["mean_seconds"]["0.94"] == 3000.0
+    out = capsys.readouterr().out
+    assert ">= 94%: 3000 s (no ratio)" in out and "fast: mean over seeds [1]" in out
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["f32"]["seed_time_ratio"]["0.94"] == [None]
