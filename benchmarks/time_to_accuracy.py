@@ -103,7 +103,7 @@ def _ratio(hit: dict | None, base: dict | None) -> float | None:
     return None if hit is None or base is None else hit["seconds"] / base["seconds"]
 
 
-def _times(ratio: float | None) -> str:
+def _ratio_text(ratio: float | None) -> str:
     """A ratio as printed; "no ratio" where the first setting did not reach the threshold."""
     return "no ratio" if ratio is None else f"{ratio:.2f}x"
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(a.json, report)  # atomically, before anything is printed from it
     for s, v in summary.items():
         times = ", ".join(f">= {float(t):.0%}: " + ("not reached by every seed" if secs is None else
-                                                    f"{secs:.0f} s ({_times(v['time_ratio'][t])})")
+                                                    f"{secs:.0f} s ({_ratio_text(v['time_ratio'][t])})")
                           for t, secs in v["mean_seconds"].items())
         accs = " ".join(f"{x:.4f}" for x in v["final_test_accuracy"])
         seed_ratios = "; ".join(
