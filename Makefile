@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 
-.PHONY: setup train study standin study-standin demo tensorboard test lint device-check
+.PHONY: setup train study standin study-standin demo tensorboard test soak lint device-check
 # Extra flags for the training run, e.g. `make train ARGS="--preset best"`.
 ARGS ?=
 setup: $(STAMP)
@@ -45,9 +45,15 @@ device-check:
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir checkpoints
 
+# pytest-xdist: one worker per core (at most 4), a test file's tests on one worker (its fixtures are built once);
+# every worker and every process a test starts shares the session's compilation cache (tests/jax_cache.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
+# Fault injection at random moments (SIGKILL inside saves, evaluations, start-ups): minutes; run before a release.
+soak: $(STAMP)
+	$(RUN) -m pytest -q -m soak
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -46,27 +45,15 @@ def _train(data_dir, workdir, run, *extra, check=True, devices=None) -> subproce
     return out
 
 
-def _interrupt(data_dir, workdir, run, sig, after_epochs, *extra, command=(str(SCRIPT),)
-               ) -> subprocess.CompletedProcess:
-    """Start a run (``python <command> ARGS ...``) and send ``sig`` once ``after_epochs`` epochs are in its
-    metrics file (and, for SIGTERM, once that epoch's checkpoint is written, so the signal lands inside the
-    next epoch)."""
+SPE = 2000 // 128  # steps per epoch
+
+
+def _interrupt(data_dir, workdir, run, sig, at_step, *extra, command=(str(SCRIPT),)) -> subprocess.CompletedProcess:
+    """Run ``python <command> ARGS ...`` until the chunk that reaches global step ``at_step`` is done, where the run
+    gets ``sig`` (``CNN_JAX_TEST_SIGNAL_AT``: the same moment on any machine, however loaded)."""
     cmd = [sys.executable, *command, *ARGS, "--workdir", str(workdir), "--run", run, *extra]
-    # steps slowed to >= 50 ms: an epoch (15 steps) lasts >= 0.75 s however fast the machine, so the signal,
-    # sent from outside as a user or a scheduler would, cannot miss the run
-    env = {**_env(data_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.05"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = Path(workdir) / run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_epochs and (
-                sig != signal.SIGTERM or (Path(workdir) / run / "ckpt" / str(15 * after_epochs)).is_dir()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    env = {**_env(data_dir), "CNN_JAX_TEST_SIGNAL_AT": f"{at_step}:{sig.name}"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -91,7 +78,7 @@ def reference(fashion_tfds_dir, tmp_path_factory):
 
 def _assert_same_run(a: Path, b: Path) -> None:
     (step_a, pa), (step_b, pb) = _params(a), _params(b)
-    assert step_a == step_b == 3 * (2000 // 128)
+    assert step_a == step_b == 3 * SPE
     assert all(np.array_equal(x, y) for x, y in zip(pa, pb, strict=True)), "parameters differ"
     assert _history(a) == _history(b)
     assert len(_history(b)) == 3
@@ -100,7 +87,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(fashion_tfds_dir, reference, tmp_path):
-    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, after_epochs=1)
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, SPE + 5)  # mid-epoch 2
     assert out.returncode == 143, out.stderr[-2000:]
     assert "SIGTERM: saved checkpoint at step" in out.stdout and "resume with the same command" in out.stdout
     assert not (tmp_path / "run" / "results.json").exists()
@@ -114,7 +101,7 @@ def test_the_commands_resume_hint_resumes_the_run_bit_identically(fashion_tfds_d
     and that command, run as printed, finishes the run as if it had never stopped."""
     import shlex
 
-    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, 1,
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGTERM, SPE + 5,
                      command=("-m", "cnn_jax", "train", "--dataset", "fashion_mnist"))
     assert out.returncode == 143, out.stderr[-2000:]
     hint = shlex.split(out.stdout.split("resume with the same command: ")[1].splitlines()[0])
@@ -126,7 +113,7 @@ def test_the_commands_resume_hint_resumes_the_run_bit_identically(fashion_tfds_d
 
 
 def test_sigkill_between_saves_then_resume_is_bit_identical(fashion_tfds_dir, reference, tmp_path):
-    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGKILL, after_epochs=2)
+    out = _interrupt(fashion_tfds_dir, tmp_path, "run", signal.SIGKILL, 2 * SPE + 2)  # after 2 saves
     assert out.returncode == -signal.SIGKILL
     resumed = _train(fashion_tfds_dir, tmp_path, "run")
     assert "resuming" in resumed.stdout
@@ -207,7 +194,7 @@ def test_evaluate_damaged_latest_says_it_in_one_line(fashion_tfds_dir, reference
     closed event loop) on the terminal, nothing deleted from a read-only evaluation."""
     run_dir = tmp_path / "ref"
     shutil.copytree(reference, run_dir)
-    latest = run_dir / "ckpt" / str(3 * (2000 // 128))
+    latest = run_dir / "ckpt" / str(3 * SPE)
     data = max((p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
                key=lambda p: p.stat().st_size)
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
@@ -217,7 +204,7 @@ def test_evaluate_damaged_latest_says_it_in_one_line(fashion_tfds_dir, reference
     assert out.stderr.count("is damaged") == 1, out.stderr[-3000:]
     for noise in ("Traceback", "Event loop is closed", "never retrieved"):
         assert noise not in out.stderr, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2 * (2000 // 128)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2 * SPE
     assert latest.is_dir()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax.__main__ import COMMANDS
+from cnn_jax.__main__ import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,25 +35,48 @@ def _command(*args: str, cwd: Path | None = None, timeout: int = 120) -> subproc
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_help_lists_every_command_and_each_has_its_own():
+def _in_process(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """``python -m cnn_jax ARGS`` as ``main(ARGS)`` in this process: its exit status and output as the command's
+    (``sys.exit("error: ...")`` prints its message to stderr and exits 1, as Python does)."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "cnn_jax" / "__main__.py")])  # invoked as python -m cnn_jax
+    try:
+        code, message = main(list(args)), ""
+    except SystemExit as e:
+        code, message = (1, f"{e.code}\n") if isinstance(e.code, str) else (e.code or 0, "")
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err + message)
+
+
+def test_the_command_runs_as_a_process():
     out = _command("--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m cnn_jax") and all(name in out.stdout for name in COMMANDS)
+    out = _command("trian")
+    assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr.splitlines()[-1]
+
+
+def test_help_lists_every_command_and_each_has_its_own(capsys, monkeypatch):
+    out = _in_process(capsys, monkeypatch, "--help")
     assert out.returncode == 0, out.stderr
     assert all(name in out.stdout for name in COMMANDS)
     for name in COMMANDS:
-        sub = _command(name, "--help")
+        sub = _in_process(capsys, monkeypatch, name, "--help")
         assert sub.returncode == 0, (name, sub.stderr)
         assert sub.stdout.startswith(f"usage: python -m cnn_jax {name}"), (name, sub.stdout[:200])
-    assert "--preset" in _command("train", "--help").stdout
+    assert "--preset" in _in_process(capsys, monkeypatch, "train", "--help").stdout
 
 
-def test_bad_command_and_bad_flags_are_one_line_errors(tmp_path):
-    out = _command("trian")
+def test_bad_command_and_bad_flags_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return _in_process(capsys, monkeypatch, *args)
+
+    out = command("trian")
     assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr and "train" in out.stderr
-    out = _command("train", "--dataset", "cifar10", "--workdir", str(tmp_path))
+    out = command("train", "--dataset", "cifar10", "--workdir", str(tmp_path))
     assert out.returncode == 2 and "unknown dataset 'cifar10'" in out.stderr.splitlines()[-1]
-    out = _command("predict", str(tmp_path))  # no --image
+    out = command("predict", str(tmp_path))  # no --image
     assert out.returncode == 2 and "--image" in out.stderr.splitlines()[-1]
-    out = _command("evaluate", str(tmp_path / "nothing"))
+    out = command("evaluate", str(tmp_path / "nothing"))
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "not a cnn_jax run folder" in out.stderr
 
 

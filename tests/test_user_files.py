@@ -64,24 +64,26 @@ def _fail_savefig(monkeypatch) -> None:
 # --- experiments/compare.py ---------------------------------------------------------------------------------
 
 
-def test_compare_into_a_run_folder_is_refused_and_nothing_changes(two_runs, tmp_path):
+def test_compare_into_a_run_folder_is_refused_and_nothing_changes(two_runs, tmp_path, monkeypatch, capsys):
     """The issue's command replaced RUN_A/results.json with the report's data; a report never goes into a run
-    folder (one holding a run's files, or marked as a run), nor anywhere inside one."""
+    folder (one holding a run's files, or marked as a run), nor anywhere inside one. The script as a process once,
+    then its ``main`` in this process."""
     a, b = two_runs
     marked = tmp_path / "marked_run"  # a run folder known by its marker alone
     marked.mkdir()
     (marked / MARKER).write_text(json.dumps({"cnn_jax": "run"}))
     before = _hashes(tmp_path)
-    for out in (a / "results.md", a / "report.md", a / "figures" / "report.md", marked / "report.md",
-                marked / "figures" / "report.md"):
-        result = _script("compare.py", a, b, "--out", out)
-        assert result.returncode == 2, (out, result.stdout, result.stderr)
-        _one_line_error(result.stderr, "run folder", "a report is not part of a run", "nothing was written")
+    result = _script("compare.py", a, b, "--out", a / "results.md")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    _one_line_error(result.stderr, "run folder", "a report is not part of a run", "nothing was written")
+    for out in (a / "report.md", a / "figures" / "report.md", marked / "report.md", marked / "figures" / "report.md"):
+        assert main([str(a), str(b), "--out", str(out)]) == 2, out
+        _one_line_error(capsys.readouterr().err, "run folder", "a report is not part of a run", "nothing was written")
         assert _hashes(tmp_path) == before, out
         assert not (a / "figures").exists() and not (marked / "figures").exists()
-    result = _script("compare.py", a, b, cwd=a)  # the default --out report.md, run from inside the run folder
-    assert result.returncode == 2
-    _one_line_error(result.stderr, f"{a} is a run folder (it holds results.json and metrics.jsonl)")
+    monkeypatch.chdir(a)  # the default --out report.md, run from inside the run folder
+    assert main([str(a), str(b)]) == 2
+    _one_line_error(capsys.readouterr().err, f"{a} is a run folder (it holds results.json and metrics.jsonl)")
     assert _hashes(tmp_path) == before
 
 
@@ -135,8 +137,7 @@ def test_compare_reruns_over_its_own_report_and_leaves_the_rest(two_runs, tmp_pa
         assert im.format == "PNG" and im.info.get("cnn_jax") == REPORT_KIND
     results = json.loads((b / "results.json").read_text())
     (b / "results.json").write_text(json.dumps({**results, "test_accuracy": 0.7}))
-    second = _script("compare.py", a, b, "--out", folder / "report.md")  # the same command: replaces its report
-    assert second.returncode == 0, second.stderr
+    assert main([str(a), str(b), "--out", str(folder / "report.md")]) == 0  # the same command: replaces its report
     assert json.loads((folder / "report.json").read_text())["runs"]["run_b"]["test_accuracy"] == 0.7
     assert "10.0 points ahead" not in (folder / "report.md").read_text()  # the new numbers: 20 points
     assert "20.0 points ahead" in (folder / "report.md").read_text()
@@ -180,7 +181,7 @@ def test_study_checks_its_out_before_training(two_runs, tmp_path):
 # --- experiments/convolution_demo.py ------------------------------------------------------------------------
 
 
-def test_convolution_demo_never_writes_into_a_users_folder(tmp_path):
+def test_convolution_demo_never_writes_into_a_users_folder(tmp_path, capsys):
     """It wrote kernels.png and walkthrough_<i>.png into --out whatever was there."""
     users = tmp_path / "pictures"
     users.mkdir()
@@ -193,13 +194,21 @@ def test_convolution_demo_never_writes_into_a_users_folder(tmp_path):
     a_run.mkdir()
     (a_run / MARKER).write_text(json.dumps({"cnn_jax": "run"}))
     before = _hashes(tmp_path)
-    for out, says in ((users, "holds files that cnn_jax did not write"),
-                      (other, "holds files that cnn_jax did not write (e.g. notes.txt)"),
-                      (a_run, "holds cnn_jax run outputs")):
-        result = _script("convolution_demo.py", "--out", out, "--num-images", "1", "--filters", "sobel_x")
-        assert result.returncode == 2, result.stdout
-        last = result.stderr.strip().splitlines()[-1]
-        assert "Traceback" not in result.stderr and f"error: --out {out} {says}" in last, result.stderr
+    demo = runpy.run_path(str(ROOT / "experiments" / "convolution_demo.py"), run_name="demo")["main"]
+    for i, (out, says) in enumerate(((users, "holds files that cnn_jax did not write"),
+                                     (other, "holds files that cnn_jax did not write (e.g. notes.txt)"),
+                                     (a_run, "holds cnn_jax run outputs"))):
+        args = ["--out", str(out), "--num-images", "1", "--filters", "sobel_x"]
+        if i == 0:  # the script as a process once, then its main in this process
+            result = _script("convolution_demo.py", *args)
+            code, err = result.returncode, result.stderr
+        else:
+            with pytest.raises(SystemExit) as exited:
+                demo(args)
+            code, err = exited.value.code, capsys.readouterr().err
+        assert code == 2, err
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and f"error: --out {out} {says}" in last, err
         assert _hashes(tmp_path) == before
 
 
