@@ -24,7 +24,3 @@ def use(folder: Path) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
-
-def env() -> dict[str, str]:
-    """The cache's variables, for a test that starts a process with an environment of its own."""
-    return {k: v for k, v in os.environ.items() if k in SETTINGS or k == DIR}
