@@ -20,20 +20,65 @@ __all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_filters",
            "plot_comparison"]
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 110, metadata: Mapping[str, str] | None = None) -> Path:
+def _save(fig, path: str | os.PathLike, dpi: int = 110, metadata: Mapping[str, str] | None = None,
+          tight: bool = True) -> Path:
     """Write ``fig`` as a PNG atomically (a reader sees the old file or the new one, never a part) and close it.
-    ``metadata``: PNG text chunks to add (e.g. a key that marks the file as ours)."""
+    ``metadata``: PNG text chunks to add (e.g. a key that marks the file as ours); ``tight``: ``tight_layout`` first."""
     from cnn_jax.files import atomic_path
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         with atomic_path(path) as tmp:  # the temporary name does not end in .png: say the format
             fig.savefig(tmp, dpi=dpi, format="png", metadata=dict(metadata or {}))
     finally:
         plt.close(fig)
     return path
+
+
+def _rgb(image: np.ndarray, cmap: str, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """An ``(H, W)`` array as ``(H, W, 3)`` RGB in [0, 1] through ``cmap``; the limits default to its min and max."""
+    a = np.asarray(image, np.float32)
+    lo = float(a.min()) if vmin is None else vmin
+    hi = float(a.max()) if vmax is None else vmax
+    return matplotlib.colormaps[cmap](np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1))[..., :3]
+
+
+def _tile_grid(tiles: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, cols: int,
+               suptitle: str, tile_width: float, title_lines: int = 1,
+               title_colors: Sequence[str] | None = None) -> Path:
+    """``(H, W, 3)`` RGB tiles in rows of ``cols``, each under its title, drawn as one image on one axes
+    (``tile_width`` inches a tile; a smaller tile centred in its cell). A grid of 32 subplots took ~1 s to lay out and
+    save on a 2-core CPU; this ~0.1 s."""
+    n = len(tiles)
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    if (scale := max(1, 24 // max(h, w))) > 1:  # small tiles (3x3 kernels) magnified, each pixel a square
+        tiles = [t.repeat(scale, axis=0).repeat(scale, axis=1) for t in tiles]
+        h, w = h * scale, w * scale
+    rows = max(1, -(-n // cols))
+    gap = max(2, w // 8)
+    per_inch = (w + gap) / tile_width  # image pixels per inch
+    title_px = int(np.ceil((0.13 * title_lines + 0.04) * per_inch))  # 7-point lines
+    cell_h, cell_w = h + gap + title_px, w + gap
+    canvas = np.ones((rows * cell_h, cols * cell_w, 3), np.float32)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        top, left = r * cell_h + title_px + (h - tile.shape[0]) // 2, c * cell_w + (w - tile.shape[1]) // 2
+        canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    head = 0.3  # inches above the grid for the figure's title
+    width, height = canvas.shape[1] / per_inch, canvas.shape[0] / per_inch
+    fig = plt.figure(figsize=(width, height + head))
+    ax = fig.add_axes((0, 0, 1, height / (height + head)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for i, text in enumerate(titles):
+        r, c = divmod(i, cols)
+        ax.text(c * cell_w + w / 2, r * cell_h + title_px - 0.5, text, ha="center", va="bottom", fontsize=7,
+                color=title_colors[i] if title_colors else "black")
+    fig.suptitle(suptitle, fontsize=9, y=1 - 0.08 / (height + head))
+    return _save(fig, path, tight=False)
 
 
 def plot_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
@@ -85,56 +130,32 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.nda
                      path: str | os.PathLike, cols: int = 8) -> Path:
     """A grid of ``(N, H, W, 1)`` images titled ``pred (true)``; mistakes in red."""
     n = len(images)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(np.asarray(images[i])[..., 0], cmap="gray")
-        ok = int(predictions[i]) == int(labels[i])
-        ax.set_title(f"{class_names[int(predictions[i])]}\n({class_names[int(labels[i])]})", fontsize=7,
-                     color="black" if ok else "red")
-    wrong = int(np.sum(np.asarray(predictions[:n]) != np.asarray(labels[:n])))
-    fig.suptitle(f"predicted (true); {wrong} of {n} wrong, in red", fontsize=9)
-    return _save(fig, path)
+    ok = [int(predictions[i]) == int(labels[i]) for i in range(n)]
+    wrong = n - sum(ok)
+    return _tile_grid([_rgb(np.asarray(images[i])[..., 0], "gray") for i in range(n)],
+                      [f"{class_names[int(predictions[i])]}\n({class_names[int(labels[i])]})" for i in range(n)],
+                      path, min(cols, max(n, 1)), f"predicted (true); {wrong} of {n} wrong, in red", 1.5,
+                      title_lines=2, title_colors=["black" if good else "red" for good in ok])
 
 
 def plot_filters(kernel: np.ndarray, path: str | os.PathLike, title: str = "First conv layer filters") -> Path:
-    """The filters of an HWIO kernel ``(KH, KW, C, O)`` (channel-mean), one panel per output channel."""
+    """The filters of an HWIO kernel ``(KH, KW, C, O)`` (channel-mean), one panel per output channel, on one
+    colour scale (blue negative, red positive)."""
     k = np.asarray(kernel, np.float32).mean(axis=2)  # (KH, KW, O)
     o = k.shape[-1]
-    cols = min(o, 8)
-    rows = -(-o // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows), squeeze=False)
     lim = float(np.abs(k).max()) or 1.0
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < o:
-            ax.imshow(k[..., i], cmap="coolwarm", vmin=-lim, vmax=lim)
-            ax.set_title(str(i), fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return _tile_grid([_rgb(k[..., i], "coolwarm", -lim, lim) for i in range(o)], [str(i) for i in range(o)],
+                      path, min(o, 8), title, 1.2)
 
 
 def plot_feature_maps(image: np.ndarray, maps: np.ndarray, path: str | os.PathLike,
                       title: str = "First conv layer feature maps", max_maps: int = 32) -> Path:
-    """An ``(H, W, 1)`` input and its feature maps ``(H', W', O)`` (at most ``max_maps``)."""
+    """An ``(H, W, 1)`` input and its feature maps ``(H', W', O)`` (at most ``max_maps``), each on its own scale."""
     maps = np.asarray(maps)[..., :max_maps]
-    o = maps.shape[-1] + 1
-    cols = min(o, 9)
-    rows = -(-o // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i == 0:
-            ax.imshow(np.asarray(image)[..., 0], cmap="gray")
-            ax.set_title("input", fontsize=7)
-        elif i < o:
-            ax.imshow(maps[..., i - 1], cmap="viridis")
-            ax.set_title(str(i - 1), fontsize=7)
-    fig.suptitle(f"{title} {maps.shape[0]}x{maps.shape[1]}", fontsize=9)
-    return _save(fig, path)
+    o = maps.shape[-1]
+    tiles = [_rgb(np.asarray(image)[..., 0], "gray")] + [_rgb(maps[..., i], "viridis") for i in range(o)]
+    return _tile_grid(tiles, ["input"] + [str(i) for i in range(o)], path, min(o + 1, 9),
+                      f"{title} {maps.shape[0]}x{maps.shape[1]}", 1.2)
 
 
 def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,

@@ -11,6 +11,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import inproc
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,15 +37,8 @@ def _command(*args: str, cwd: Path | None = None, timeout: int = 120) -> subproc
 
 
 def _in_process(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
-    """``python -m cnn_jax ARGS`` as ``main(ARGS)`` in this process: its exit status and output as the command's
-    (``sys.exit("error: ...")`` prints its message to stderr and exits 1, as Python does)."""
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "cnn_jax" / "__main__.py")])  # invoked as python -m cnn_jax
-    try:
-        code, message = main(list(args)), ""
-    except SystemExit as e:
-        code, message = (1, f"{e.code}\n") if isinstance(e.code, str) else (e.code or 0, "")
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err + message)
+    """``python -m cnn_jax ARGS`` as ``main(ARGS)`` in this process."""
+    return inproc.command(main, list(args), capsys, monkeypatch, program=str(ROOT / "cnn_jax" / "__main__.py"))
 
 
 def test_the_command_runs_as_a_process():

@@ -1,9 +1,10 @@
 """The data dir as the user's commands meet it (issue 21, item 5): read-only, missing, not a folder; Ctrl-C.
 
-Each case runs the command itself, as a process: ``python -m cnn_jax.data prepare`` and the trainer
-``experiments/fashion_mnist.py``. A bad data dir is one ``error:`` line naming the folder, the problem and the
-fix (exit 1, no traceback, nothing written); a missing one is created; a read-only one that holds the prepared
-dataset is read as is. Ctrl-C while preparing is one line, exit 130, and leaves nothing behind.
+Each case runs the command itself: ``python -m cnn_jax.data prepare`` and the trainer
+``experiments/fashion_mnist.py``, as a process, or, for the one-line refusals of a bad data dir, as their
+``main(argv)`` in the test process (:func:`in_process`). A bad data dir is one ``error:`` line naming the folder,
+the problem and the fix (exit 1, no traceback, nothing written); a missing one is created; a read-only one that
+holds the prepared dataset is read as is. Ctrl-C while preparing is one line, exit 130, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import inproc
 import pytest
 import tensorflow_datasets as tfds
 
@@ -54,6 +56,20 @@ def environ(**extra: str) -> dict[str, str]:
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ(**(env or {})))
+
+
+def in_process(cmd: list[str], capsys, monkeypatch, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """:data:`PREPARE` or :data:`TRAIN` (with more flags) as :func:`run` runs it, but as its ``main(argv)`` in this
+    process: for refusals that come before any data is read or any device is used."""
+    from cnn_jax.cli import main as train
+    from cnn_jax.data.__main__ import main as data
+
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
+    if cmd[1:3] == ["-m", "cnn_jax.data"]:
+        return inproc.command(data, cmd[3:], capsys, monkeypatch, program="python -m cnn_jax.data", env=env)
+    assert cmd[1] == TRAIN[1], cmd
+    return inproc.command(lambda a: train("fashion_mnist", a), cmd[2:], capsys, monkeypatch, program=cmd[1], env=env)
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -144,15 +160,15 @@ def test_read_only_prepared_data_dir_without_cache_decodes_with_one_warning(prep
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "train"])
-def test_read_only_empty_data_dir_is_one_line(cmd, tmp_path):
+def test_read_only_empty_data_dir_is_one_line(cmd, tmp_path, capsys, monkeypatch):
     data = tmp_path / "d"
     (data / "keep").mkdir(parents=True)
     (data / "keep" / "notes.txt").write_text("mine\n")
     before = tree(data)
     with read_only(data, tmp_path) as view:
         t0 = time.perf_counter()
-        proc = run([*PREPARE, "--data-dir", str(view)] if cmd == "prepare" else
-                   [*TRAIN, "--workdir", str(tmp_path / "w"), "--data-dir", str(view)])
+        proc = in_process([*PREPARE, "--data-dir", str(view)] if cmd == "prepare" else
+                          [*TRAIN, "--workdir", str(tmp_path / "w"), "--data-dir", str(view)], capsys, monkeypatch)
         elapsed = time.perf_counter() - t0
         line = error_line(proc)
     for needle in (f"--data-dir {view}", "fashion_mnist is not prepared there", "writable folder as --data-dir"):
@@ -165,12 +181,12 @@ def test_read_only_empty_data_dir_is_one_line(cmd, tmp_path):
 # ------------------------------------------------------------------------------- not a folder / missing
 @pytest.mark.parametrize("cmd", ["prepare", "train"])
 @pytest.mark.parametrize("where", ["file", "under-a-file"])
-def test_data_dir_that_is_not_a_folder_is_one_line(cmd, where, tmp_path):
+def test_data_dir_that_is_not_a_folder_is_one_line(cmd, where, tmp_path, capsys, monkeypatch):
     file = tmp_path / "notes.txt"
     file.write_text("the user's file\n")
     data = file if where == "file" else file / "sub" / "tfds"
-    proc = run([*PREPARE, "--data-dir", str(data)] if cmd == "prepare" else
-               [*TRAIN, "--workdir", str(tmp_path / "w"), "--data-dir", str(data)])
+    proc = in_process([*PREPARE, "--data-dir", str(data)] if cmd == "prepare" else
+                      [*TRAIN, "--workdir", str(tmp_path / "w"), "--data-dir", str(data)], capsys, monkeypatch)
     line = error_line(proc)
     want = "not a folder (it is a file)" if where == "file" else f"cannot be created, {file} is a file"
     assert f"--data-dir {data}:" in line and want in line and "pass a folder as --data-dir" in line, line
@@ -178,10 +194,10 @@ def test_data_dir_that_is_not_a_folder_is_one_line(cmd, where, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no workdir, no data dir
 
 
-def test_tfds_data_dir_env_is_named(tmp_path):
+def test_tfds_data_dir_env_is_named(tmp_path, capsys, monkeypatch):
     file = tmp_path / "notes.txt"
     file.write_text("x")
-    line = error_line(run(PREPARE, env={"TFDS_DATA_DIR": str(file)}))
+    line = error_line(in_process(PREPARE, capsys, monkeypatch, env={"TFDS_DATA_DIR": str(file)}))
     assert f"TFDS_DATA_DIR={file}: not a folder" in line and "set TFDS_DATA_DIR to a folder" in line, line
 
 

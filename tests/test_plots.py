@@ -32,3 +32,7 @@ def test_figures(tmp_path):
     ]
     for p in paths:
         _png_ok(p)
+    with Image.open(tmp_path / "p.png") as im:  # the wrong predictions' titles in red, the right ones' in black
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    assert red.sum() > 50 and (rgb.sum(-1) < 60).sum() > 50

@@ -130,16 +130,14 @@ def test_config_checks_and_older_records():
 
 
 def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
-    """Every variant runs (cumulative flags, validation only: the test split is never evaluated), each in its own
-    run folder; the table's figures come from the runs' own records."""
-    from cnn_jax import load
-
+    """Variants 0 and 1 run (cumulative flags, validation only: the test split is never evaluated), each in its own
+    run folder; the table's figures come from the runs' own records. The last variant, which holds every flag of
+    the ones between, runs in the next test."""
     mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
     out, md = tmp_path / "ablation.json", tmp_path / "ablation.md"
-    report = mod["main"](["--smoke", "--seeds", "0", "--target", "0.3", "--json", str(out), "--markdown", str(md),
-                          "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir)])
-    n = len(mod["VARIANTS"])
-    assert [r["variant"] for r in report["runs"]] == list(range(n))
+    report = mod["main"](["--smoke", "--upto", "1", "--seeds", "0", "--target", "0.3", "--json", str(out),
+                          "--markdown", str(md), "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir)])
+    assert [r["variant"] for r in report["runs"]] == [0, 1]
     for r in report["runs"]:
         run_dir = Path(r["run_dir"])
         results = json.loads((run_dir / "results.json").read_text())
@@ -148,21 +146,19 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
         assert r["val_accuracy"] == history[-1]["val_accuracy"] and "test_accuracy" not in history[-1]
         config = json.loads((run_dir / "config.json").read_text())
         assert config["run"]["test"] is False and config["train"]["seed"] == 0
-    last = json.loads((Path(report["runs"][-1]["run_dir"]) / "config.json").read_text())
-    assert last["model"]["name"] == "resnet" and last["train"]["ema"] == 0.99  # earlier variants' flags kept
-    assert last["train"]["precision"] == "bf16" and last["train"]["label_smoothing"] == 0.2
-    ema_run = Path(report["runs"][2]["run_dir"])
-    state = RunCheckpointer(ema_run / "ckpt", read_only=True).restore(None).state
-    loaded = load(ema_run, "latest").variables["params"]  # predictions use the weights' average
-    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["opt_state"][-1]["ema"]), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert [row["variant"] for row in report["table"]] == list(range(n))
+    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in report["runs"]]
+    assert [c["model"]["name"] for c in configs] == ["bn_cnn", "resnet"]
+    assert configs[1]["train"]["schedule"] == configs[0]["train"]["schedule"] == "onecycle"  # variant 0's flags kept
+    assert [row["variant"] for row in report["table"]] == [0, 1]
     assert json.loads(out.read_text())["table"] == report["table"]
-    assert md.read_text().count("\n| ") == n + 2 and "| variant | epochs |" in capsys.readouterr().out
+    assert md.read_text().count("\n| ") == 4 and "| variant | epochs |" in capsys.readouterr().out
 
 
 def test_ablation_first_keeps_earlier_flags(fashion_tfds_dir, tmp_path):
-    """``--first I``: only variants I.. run, each with the flags of every variant before it."""
+    """``--first I``: only variants I.. run, each with the flags of every variant before it; the last variant (every
+    flag: the ResNet, the weights' average, label smoothing, bf16) trains and predicts with the average."""
+    from cnn_jax import load
+
     mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
     last = len(mod["VARIANTS"]) - 1
     with pytest.raises(SystemExit):
@@ -172,3 +168,10 @@ def test_ablation_first_keeps_earlier_flags(fashion_tfds_dir, tmp_path):
     assert [r["variant"] for r in report["runs"]] == [last] and [v["index"] for v in report["variants"]] == [last]
     config = json.loads((Path(report["runs"][0]["run_dir"]) / "config.json").read_text())
     assert config["model"]["name"] == "resnet" and config["train"]["ema"] == 0.99 and config["train"]["seed"] == 3
+    assert config["train"]["precision"] == "bf16" and config["train"]["label_smoothing"] == 0.2
+    run_dir = Path(report["runs"][0]["run_dir"])
+    assert json.loads((run_dir / "results.json").read_text())["test_accuracy"] is None
+    state = RunCheckpointer(run_dir / "ckpt", read_only=True).restore(None).state
+    loaded = load(run_dir, "latest").variables["params"]  # predictions use the weights' average
+    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["opt_state"][-1]["ema"]), strict=True):
+        np.testing.assert_array_equal(x, y)

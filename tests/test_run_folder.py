@@ -1,5 +1,6 @@
 """Run folders never lose work: one writer, read-only loading, verified checkpoints, one-line errors.
-Each case runs the user's command (the experiment script, ``python -m cnn_jax.inference``) as a process."""
+Each case runs the user's command (the experiment script, ``python -m cnn_jax.inference``): as a process, or, where
+it stops before training with a one-line error, as ``main(argv)`` in the test process (:func:`_main`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import inproc
 import jax
 import numpy as np
 import pytest
@@ -40,6 +42,18 @@ def _run(data_dir: Path, workdir: Path, *extra: str, code: int | None = 0) -> su
     out = subprocess.run(_cmd(workdir, *extra), env=_env(data_dir), capture_output=True, text=True, timeout=600)
     if code is not None:
         assert out.returncode == code, f"exit {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def _main(capsys, monkeypatch, data_dir: Path, workdir: Path, *extra: str, code: int) -> subprocess.CompletedProcess:
+    """The experiment script's command as :func:`_run` gives it, run as ``main(argv)`` in this process (for the
+    refusals that come before any training): its exit status must be ``code``."""
+    from cnn_jax.cli import main
+
+    argv = _cmd(workdir, *extra)[2:]
+    out = inproc.command(lambda a: main("fashion_mnist", a), argv, capsys, monkeypatch, program=str(SCRIPT),
+                         env={"TFDS_DATA_DIR": str(data_dir)})
+    assert out.returncode == code, f"exit {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out
 
 
@@ -159,12 +173,12 @@ def test_a_second_trainer_is_refused_and_a_dead_holder_is_taken_over(fashion_tfd
 
 
 # ------------------------------------------------------------ 3. identity lives in the checkpoints
-def test_missing_config_json_still_refuses_another_config(fashion_tfds_dir, reference, tmp_path):
+def test_missing_config_json_still_refuses_another_config(fashion_tfds_dir, reference, tmp_path, capsys, monkeypatch):
     run_dir = _copy(reference, tmp_path)
     (run_dir / "config.json").unlink()
     before = _snapshot(run_dir)
-    out = _run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--batch-size", "64", "--seed", "7",
-               code=1)
+    out = _main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--batch-size", "64",
+                "--seed", "7", code=1)
     assert "train.batch_size: saved 128, now 64" in out.stderr and "train.seed: saved 0, now 7" in out.stderr
     assert _snapshot(run_dir) == before
 
@@ -173,14 +187,15 @@ def test_missing_config_json_still_refuses_another_config(fashion_tfds_dir, refe
     {"config.json": '{"mine": true}', "notes.txt": "keep me"},  # a user's config.json beside their files
     {"results.json": "my own results"}, {"metrics.jsonl": "{}\n"}, {"figures/mine.png": "png"},
     {"ckpt/1/data": "mine"}, {".lock": ""}], ids=["config", "results", "metrics", "figures", "ckpt", "lock"])
-def test_a_folder_that_is_not_a_run_is_never_written_into(fashion_tfds_dir, tmp_path, files):
+def test_a_folder_that_is_not_a_run_is_never_written_into(fashion_tfds_dir, tmp_path, files, capsys, monkeypatch):
     """Ours is decided by the marker only we write, not by file names."""
     victim = tmp_path / "lab"
     for name, text in files.items():
         (victim / name).parent.mkdir(parents=True, exist_ok=True)
         (victim / name).write_text(text)
     before = _checksums(victim)
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, code=1), "holds files that cnn_jax did not write")
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, code=1),
+                    "holds files that cnn_jax did not write")
     assert _checksums(victim) == before
 
 
@@ -248,13 +263,14 @@ def test_the_checkpoint_saved_just_before_a_sigkill_is_verified(fashion_tfds_dir
     assert _checksums(run_dir, skip=(".lock",)) == before  # refused, not resumed, nothing rewritten
 
 
-def test_unreadable_checkpoint_records_without_config_json_are_one_line(fashion_tfds_dir, reference, tmp_path):
+def test_unreadable_checkpoint_records_without_config_json_are_one_line(fashion_tfds_dir, reference, tmp_path,
+                                                                       capsys, monkeypatch):
     run_dir = _copy(reference, tmp_path)
     (run_dir / "config.json").unlink()
     for meta in (run_dir / "ckpt").glob("*/meta/metadata"):
         meta.write_text('{"truncated": ')
     before = _checksums(run_dir)
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", code=1),
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", code=1),
                     "the config of its checkpoints cannot be read")
     assert _checksums(run_dir) == before
 
@@ -273,19 +289,22 @@ def test_epoch_metrics_do_not_depend_on_chunking(fashion_tfds_dir, reference, tm
 
 
 # --------------------------------------------------------------------------- 10. one line, not a traceback
-def test_errors_are_one_line(fashion_tfds_dir, tmp_path):
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--batch-size", "5000", code=1), "--batch-size 5000")
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--val-size", "60000", code=1), "--val-size 60000")
+def test_errors_are_one_line(fashion_tfds_dir, tmp_path, capsys, monkeypatch):
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--batch-size", "5000", code=1),
+                    "--batch-size 5000")
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--val-size", "60000", code=1),
+                    "--val-size 60000")
     out = _run(fashion_tfds_dir, tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--momentum", "0", "--run", "nan",
                code=3)
     assert "no checkpoint had been saved yet" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.glob("lab*"))
 
 
-def test_flags_checked_before_anything_is_written(fashion_tfds_dir, tmp_path):
-    out = _run(fashion_tfds_dir, tmp_path, "--conv-dropout", "0.1", code=2)  # lab_cnn has no conv dropout
+def test_flags_checked_before_anything_is_written(fashion_tfds_dir, tmp_path, capsys, monkeypatch):
+    out = _main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--conv-dropout", "0.1", code=2)  # lab_cnn: none
     _one_line_error(out, "--conv-dropout: model 'lab_cnn' has no conv_dropout parameter")
-    _one_line_error(_run(fashion_tfds_dir, tmp_path, "--seed", str(2**40), code=2), "--seed must be in [0, 4294967296)")
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--seed", str(2**40), code=2),
+                    "--seed must be in [0, 4294967296)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -299,14 +318,12 @@ def test_corrupt_results_and_config_are_written_again(fashion_tfds_dir, referenc
     assert json.loads((run_dir / "config.json").read_text()) == json.loads((reference / "config.json").read_text())
 
 
-def test_damaged_prepared_data_is_one_line(fashion_tfds_dir, tmp_path):
+def test_damaged_prepared_data_is_one_line(fashion_tfds_dir, tmp_path, capsys, monkeypatch):
     data = tmp_path / "tfds"
     shutil.copytree(fashion_tfds_dir, data)
     shard = sorted(data.rglob("*train.array_record-*"))[0]
     shard.write_bytes(shard.read_bytes()[:1000])
-    out = subprocess.run(_cmd(tmp_path / "runs"), env=_env(data), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1
-    _one_line_error(out, "the prepared dataset is damaged")
+    _one_line_error(_main(capsys, monkeypatch, data, tmp_path / "runs", code=1), "the prepared dataset is damaged")
 
 
 # the disk fills while Orbax writes in the background: the pre-check is told there is room (as when another

