@@ -18,6 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from cnn_jax.cli import ArgumentParser
 from cnn_jax.config import PRESETS
 
 __all__ = ["main", "COMMANDS"]
@@ -43,7 +44,7 @@ def _invoked_as() -> list[str]:
 def _train(argv: list[str], command: list[str]) -> None:
     from cnn_jax.cli import run
 
-    p = argparse.ArgumentParser(prog=shlex.join([*command, "train"]), add_help=False)
+    p = ArgumentParser(prog=shlex.join([*command, "train"]), add_help=False)
     p.add_argument("--dataset", default="fashion_mnist")
     known, rest = p.parse_known_args(argv)
     run(known.dataset, rest, [*command, "train", "--dataset", known.dataset])
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _invoked_as()
     prog = shlex.join(command)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convolutional networks in JAX/Flax: train, evaluate, predict, compare.",
         epilog="commands:\n" + "\n".join(f"  {name:10s} {what}" for name, what in COMMANDS.items())

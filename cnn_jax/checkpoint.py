@@ -60,11 +60,11 @@ class DiskFullError(CheckpointError):
 class IncompatibleCheckpointError(CheckpointError):
     """The run folder's checkpoints were made with another config; ``differences`` lists each key."""
 
-    def __init__(self, directory: str | os.PathLike, differences: list[str]):
+    def __init__(self, directory: str | os.PathLike, differences: list[str], holds: str = "checkpoints of a run"):
         self.differences = differences
         lines = "\n  ".join(differences)
         super().__init__(
-            f"{directory} holds checkpoints of a run with another config; nothing was changed there.\n"
+            f"{directory} holds {holds} with another config; nothing was changed there.\n"
             f"  {lines}\nResume with the saved config (drop the flags that differ), pick another run folder "
             "(--run NAME / --workdir), or pass --new-run to start a fresh run beside it."
         )

@@ -22,7 +22,7 @@ from typing import Any
 from cnn_jax import parallel
 from cnn_jax.config import CHOICES, PRESETS, Config, ConfigError, ModelConfig, field_types, flag
 
-__all__ = ["build_parser", "parse", "main", "run", "script_command"]
+__all__ = ["ArgumentParser", "build_parser", "parse", "main", "run", "script_command"]
 
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
 _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta": "flip; no names: none",
@@ -33,6 +33,15 @@ _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta"
          "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap",
          "train.ema": "decay of a moving average of the weights used to evaluate and predict (none: off)",
          "run.test": "evaluate the test split at the end (default); --no-test for recipe searches"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a mistake is one line, ``PROG: error: MESSAGE (PROG --help lists the flags)``, exit 2:
+    the usage (45 lines for training) only with ``--help``. Every command of cnn_jax parses with it (subcommands
+    too: argparse makes them of the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
 
 
 def _bool(text: str) -> bool:
@@ -63,7 +72,7 @@ def script_command(dataset: str) -> str:
 
 
 def build_parser(dataset: str, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog or script_command(dataset), description=f"Train a CNN on {dataset}; resumable. "
         "Every config field is a flag by its dotted name; the short flags are the same options.")
     p.add_argument("--preset", default="lab", help=f"named config to start from: {sorted(PRESETS)} (default lab)")
@@ -107,7 +116,7 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
     """``(config, run folder, args)`` from the command line, checked before any work (one-line errors);
     ``prog``: the command's name in messages (default: the experiment script's)."""
     from cnn_jax.data import canonical_name, flips_allowed
-    from cnn_jax.train import has_checkpoints
+    from cnn_jax.train import has_checkpoints, has_run
 
     parser = build_parser(dataset, prog)
     args = parser.parse_args(argv)
@@ -130,16 +139,16 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
 
     if problem := unwritable(workdir):
         parser.error(f"--workdir {workdir}: {problem}; pick another --workdir")
-    name = args.run or args.preset
+    name = args.preset if args.run is None else args.run
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         parser.error(f"--run: {name!r} is not a plain name (letters, digits, '.', '_', '-'; no folders); "
                      "put folders in --workdir")
     run_dir = workdir / name
-    if args.new_run and has_checkpoints(run_dir):
+    if args.new_run and has_run(run_dir):
         base, i = run_dir, 2
         while (run_dir := base.with_name(f"{base.name}-{i}")).exists():
             i += 1
-        print(f"--new-run: {base} has checkpoints; starting a new run in {run_dir}")
+        print(f"--new-run: {base} holds a run; starting a new run in {run_dir}")
     if args.resume and not has_checkpoints(run_dir):
         parser.error(f"--resume: no checkpoints in {run_dir / 'ckpt'} to resume from")
     return config, run_dir, args
@@ -191,9 +200,10 @@ def main(dataset: str, argv: list[str] | None = None, command: list[str] | None 
     except (CheckpointError, DatasetNotFoundError, DataSourceError, IdxError, RunLockedError, ValueError) as e:
         sys.exit(f"error: {e}")
     except NonFiniteLossError as e:
-        kept = f"the last good checkpoint in {run_dir / 'ckpt'} is kept" if has_checkpoints(run_dir) else \
-            "no checkpoint had been saved yet"
-        print(f"error: {e}; {kept}. Lower --lr or add --clip, then start a new run (--new-run).", file=sys.stderr)
+        then = (f"the last good checkpoint in {run_dir / 'ckpt'} is kept. Lower --lr or add --clip, then start a "
+                "new run (--new-run)") if has_checkpoints(run_dir) else \
+            "no checkpoint had been saved yet, so nothing was kept. Lower --lr or add --clip and run again"
+        print(f"error: {e}; {then}.", file=sys.stderr)
         raise SystemExit(3) from None
     except KeyboardInterrupt:  # Ctrl-C before training started (preparing data), or a second one while saving
         from cnn_jax.data.builders import close_progress_bars

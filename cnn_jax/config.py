@@ -50,6 +50,11 @@ class ConfigError(ValueError):
     """A config value out of its range; the message names the flag."""
 
 
+#: float32's largest finite value: training computes in float32 (or bfloat16), where a larger number is infinite.
+_F32_MAX = 3.4028234663852886e38
+_F32 = "must be at most 3.4e38 (float32's largest number: training computes in float32)"
+
+
 def _check(section: str, name: str, ok: bool, what: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{flag(section + '.' + name)} {what}, got {value!r}")
@@ -183,6 +188,9 @@ class TrainConfig(_Section):
         _check("train", "warmup_steps", self.warmup_steps >= 0, "must be >= 0", self.warmup_steps)
         _check("train", "clip", self.clip is None or (math.isfinite(self.clip) and self.clip > 0),
                "must be a finite number > 0 (or none: off)", self.clip)
+        for name in ("lr", "weight_decay", "clip"):  # finite in Python's float64, infinite in float32
+            value = getattr(self, name)
+            _check("train", name, value is None or abs(value) <= _F32_MAX, _F32, value)
         _check("train", "early_stopping_patience", self.early_stopping_patience is None
                or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
         _check("train", "seed", 0 <= self.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})", self.seed)
@@ -216,7 +224,8 @@ class RunConfig(_Section):
 
     def __post_init__(self) -> None:
         _check_choices("run", self)
-        _check("run", "steps_per_chunk", (self.steps_per_chunk or 1) > 0, "must be > 0", self.steps_per_chunk)
+        _check("run", "steps_per_chunk", self.steps_per_chunk is None or self.steps_per_chunk > 0,
+               "must be > 0 (or none: about a second of steps each, the default)", self.steps_per_chunk)
         _check("run", "eval_batch_size", self.eval_batch_size > 0, "must be > 0", self.eval_batch_size)
         _check("run", "keep", self.keep >= 1, "must be >= 1", self.keep)
 

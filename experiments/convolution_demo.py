@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax import FILTERS, apply_filter_bank, max_pool  # noqa: E402
+from cnn_jax.cli import ArgumentParser  # noqa: E402
 from cnn_jax.data.idx import read_idx  # noqa: E402
 from cnn_jax.data.sources import DATASETS  # noqa: E402
 from cnn_jax.files import NotOursError, atomic_path, claim_folder, unwritable  # noqa: E402
@@ -110,7 +111,7 @@ def plot_walkthrough(image: np.ndarray, caption: str, names: list[str], maps: np
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="outputs/convolution_demo",
                    help="folder for the PNG figures: a new or empty one, or one this demo wrote before")
     p.add_argument("--num-images", type=int, default=3, help="how many test images to walk through (>= 1)")

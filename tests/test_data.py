@@ -195,6 +195,19 @@ def test_mock_data_through_load(tmp_path, name):
     assert not list(meta.rglob(CACHE_NAME))  # mocked data is never cached
 
 
+def test_preparing_without_progress_prints_our_line_only(tmp_path, capsys, caplog):
+    """``--no-progress`` (``progress=False``): no TFDS bars, none of its messages ("Downloading and preparing
+    dataset Unknown size"), no OpenCV note while decoding; one line of ours says what is prepared from where."""
+    raw = make_fashion_dir(tmp_path / "raw")
+    splits = load("fashion_mnist", data_dir=str(tmp_path / "d"), source_dir=str(raw), val_size=0, verify=False,
+                  progress=False)
+    assert len(splits.train) == 30
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"fashion_mnist: preparing it from {raw} (once: later runs read the prepared "
+                                    "copy)"], out.out
+    assert out.err == "" and "OpenCV" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------- EMNIST
 def test_emnist_zip_prepared_offline_upright(tmp_path):
     zip_path = make_emnist_zip(tmp_path / "nist" / "gzip.zip")

@@ -142,3 +142,13 @@ def test_too_large_a_picture_is_a_one_line_error(tmp_path, monkeypatch):
         assert "pass a smaller picture" in message
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
     assert read_image(tmp_path / "big.png")[0].shape == (28, 28, 1)
+
+
+def test_an_animated_picture_says_that_its_first_frame_was_used(tmp_path):
+    frames = [Image.fromarray(np.full((SIZE, SIZE), value, np.uint8)) for value in (255, 0, 128)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    image, notes = read_image(tmp_path / "anim.gif")
+    assert "the first of its 3 frames" in notes[0], notes
+    assert image.mean() > 200 or image.mean() < 50  # one frame's pixels, not a blend
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "still.gif")
+    assert "frames" not in read_image(tmp_path / "still.gif")[1][0]

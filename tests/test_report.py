@@ -189,6 +189,16 @@ def test_the_gap_is_weighed_against_its_noise():
     assert subset_sizes({}) == (None, None)
 
 
+def test_the_margin_names_both_test_sizes_when_they_differ(tmp_path):
+    big = _fake_run(tmp_path, "big", 0.90, [0.8, 0.9], [0.8, 0.9], [0.5, 0.4], CLASSES)
+    small = _fake_run(tmp_path, "small", 0.80, [0.8, 0.9], [0.8, 0.9], [0.5, 0.4], CLASSES, num_test=1000)
+    c = _section(write_report([big, small], tmp_path / "r.md")["text"], "Conclusion")
+    assert "With 10,000 (big) and 1,000 (small) test images that margin is" in c
+    same = _fake_run(tmp_path, "same", 0.80, [0.8, 0.9], [0.8, 0.9], [0.5, 0.4], CLASSES)
+    assert "With 10,000 test images that margin is" in _section(write_report([big, same], tmp_path / "s.md")["text"],
+                                                                   "Conclusion")
+
+
 def test_conclusion_follows_the_numbers(tmp_path):
     # "steady" generalises; "overfit" fits the train set ever better while its val loss turns up after epoch 2
     steady = _fake_run(tmp_path, "steady", 0.88, [0.80, 0.85, 0.87, 0.88], [0.81, 0.85, 0.87, 0.88],

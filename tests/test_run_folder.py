@@ -275,6 +275,39 @@ def test_unreadable_checkpoint_records_without_config_json_are_one_line(fashion_
     assert _checksums(run_dir) == before
 
 
+def test_a_finished_run_without_its_checkpoints_is_never_trained_into(fashion_tfds_dir, reference, tmp_path,
+                                                                      capsys, monkeypatch):
+    """``ckpt/`` deleted to save space, the results kept: the same command reports the run finished, another
+    config is refused with its differences, ``--new-run`` starts beside it; nothing of the run is rewritten."""
+    run_dir = _copy(reference, tmp_path)
+    shutil.rmtree(run_dir / "ckpt")
+    before = _checksums(run_dir, skip=(".lock",))
+    out = _main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", code=0)
+    assert f"{run_dir} is already complete (its checkpoints were removed" in out.stdout, out.stdout
+    out = _main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--lr", "0.01", code=1)
+    assert "holds the results of a finished run with another config" in out.stderr
+    assert "train.lr: saved 0.001, now 0.01" in out.stderr
+    assert _checksums(run_dir, skip=(".lock",)) == before
+    (run_dir / "config.json").unlink()  # results without the config they came from: refused, not replaced
+    _one_line_error(_main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", code=1),
+                    "config.json cannot be read")
+    out = _main(capsys, monkeypatch, fashion_tfds_dir, tmp_path, "--run", "ref", "--keep", "4", "--epochs", "1",
+                "--new-run", code=0)
+    assert f"--new-run: {run_dir} holds a run; starting a new run in {tmp_path / 'ref-2'}" in out.stdout
+    assert (tmp_path / "ref-2" / "results.json").is_file()
+    assert _checksums(run_dir, skip=(".lock",)) == {k: v for k, v in before.items() if k != "config.json"}
+
+
+def test_evaluate_with_a_data_dir_that_is_a_file_is_one_line(reference, tmp_path, capsys, monkeypatch):
+    from cnn_jax.inference import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    out = inproc.command(main, [str(reference), "--data-dir", str(tmp_path / "notes.txt")], capsys, monkeypatch,
+                         program="python -m cnn_jax.inference")
+    assert out.returncode == 1
+    _one_line_error(out, f"--data-dir {tmp_path / 'notes.txt'}: not a folder (it is a file)")
+
+
 # ------------------------------------------------------------------- the same command, the same numbers
 def _results(run_dir: Path) -> dict:
     """results.json apart from timings, host and paths."""
@@ -296,8 +329,10 @@ def test_errors_are_one_line(fashion_tfds_dir, tmp_path, capsys, monkeypatch):
                     "--val-size 60000")
     out = _run(fashion_tfds_dir, tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--momentum", "0", "--run", "nan",
                code=3)
-    assert "no checkpoint had been saved yet" in out.stderr and "Traceback" not in out.stderr
+    _one_line_error(out, "no checkpoint had been saved yet, so nothing was kept. Lower --lr or add --clip and run "
+                         "again")
     assert not list(tmp_path.glob("lab*"))
+    assert not (tmp_path / "nan").exists()  # the diverged new run left no folder: the same command starts afresh
 
 
 def test_flags_checked_before_anything_is_written(fashion_tfds_dir, tmp_path, capsys, monkeypatch):

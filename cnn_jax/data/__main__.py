@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from cnn_jax.cli import ArgumentParser
 from cnn_jax.data.builders import builder_for, close_progress_bars, prepare
 from cnn_jax.data.idx import IdxError
 from cnn_jax.data.loading import CACHE_NAME, load
@@ -22,7 +23,7 @@ from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonica
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.data") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="prepare a dataset ahead of time (array_record + decoded cache)")
     p.add_argument("name", help="fashion_mnist or emnist/digits (alias emnist_digits)")

@@ -439,7 +439,7 @@ def not_found_message(name: str, data_path: Path, tried_local: list[str], downlo
 
 def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
             data_dir: str | os.PathLike | None = None, download: bool = True,
-            verify: bool = True, replace: bool = False) -> Path:
+            verify: bool = True, replace: bool = False, progress: bool = True) -> Path:
     """Prepare ``name`` as array_record under ``data_dir``; returns the prepared directory.
 
     Already prepared: returned as is (no network), unless ``source_dir`` holds other files than it was made
@@ -451,9 +451,10 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     ``$CNN_JAX_DATA_MIRROR`` when set) unless ``download=False``; otherwise (or when the hosts cannot be
     reached within seconds) :class:`DatasetNotFoundError`. Bad raw files raise
     :class:`DataSourceError`/``IdxError`` naming the file. ``verify=False`` skips checksums and expected
-    counts (synthetic/test data). A data dir that is not a folder, or not writable when the dataset must be
-    prepared, raises :class:`DataDirError` before anything is read; a missing one is created. A failure or
-    Ctrl-C (``KeyboardInterrupt``, propagated) removes the ``incomplete.*`` folder and the folders this call
+    counts (synthetic/test data). ``progress``: TFDS's progress bars (its own messages are never printed: one
+    line of ours says what is prepared from where). A data dir that is not a folder, or not writable when the
+    dataset must be prepared, raises :class:`DataDirError` before anything is read; a missing one is created. A
+    failure or Ctrl-C (``KeyboardInterrupt``, propagated) removes the ``incomplete.*`` folder and the folders this call
     created, so nothing that counts as prepared, and nothing else new, is left.
     """
     spec = DATASETS[canonical_name(name)]
@@ -466,7 +467,7 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     source = find_source(spec.name, source_dir)
     if probe.is_prepared():  # replace: out of the way (same file system), back if the new one fails
         return _replace(spec.name, Path(probe.data_path), lambda: prepare(
-            spec.name, source_dir=source, data_dir=data_dir, download=download, verify=verify))
+            spec.name, source_dir=source, data_dir=data_dir, download=download, verify=verify, progress=progress))
     if source is None:
         why = "not allowed (--no-download / download=False)" if not download else unreachable(
             download_urls(spec.urls))
@@ -478,11 +479,13 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     elif (record := source_record(read_provenance(spec.name, source))) is not None:
         print(f"preparing {record['label']} from {source}, stored under TFDS's name {spec.name}: it is not that "
               "dataset, and runs, results and reports name it as the stand-in", flush=True)
+    else:
+        print(f"{spec.name}: preparing it from {source} (once: later runs read the prepared copy)", flush=True)
     builder = builder_for(spec.name, data_dir, source=source, verify=verify)
     path = Path(builder.data_path)
     created = _missing_dirs(root / "downloads" / "extracted", path.parent)
     try:  # a failure or Ctrl-C leaves nothing behind but folders that already existed
-        with interruptible():
+        with interruptible(), _tfds_quiet(progress):
             _download_and_prepare(builder, spec.name, source, root, _named(data_dir, "another folder")[1])
     except BaseException:
         _clean_up(builder, created)
@@ -490,6 +493,21 @@ def prepare(name: str, *, source_dir: str | os.PathLike | None = None,
     if not builder.is_prepared():  # pragma: no cover - TFDS renames only on success
         raise DataSourceError(f"{path}: preparation did not complete")
     return path
+
+
+@contextlib.contextmanager
+def _tfds_quiet(progress: bool) -> Iterator[None]:
+    """TFDS's own messages while it prepares (``Downloading and preparing dataset Unknown size ...``, printed to
+    stdout) dropped; its progress bars only with ``progress``."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    bars = tqdm_utils._active  # TFDS keeps the switch in a module global; put back as it was
+    tfds.display_progress_bar(bars and progress)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
 
 
 def _replace(name: str, old: Path, prepare_new) -> Path:

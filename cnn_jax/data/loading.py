@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -137,8 +138,17 @@ def _decode_split(source, what: str, progress: bool) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
+class _NoOpenCVNote(logging.Filter):
+    """Drops TFDS's "OpenCV is not installed ... Defaulting to PIL" warning: Pillow decodes these 28x28 images."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "OpenCV is not installed" not in str(record.msg)
+
+
 def _decode(name: str, data_dir: Path, data_path: Path, progress: bool) -> dict[str, np.ndarray]:
     out = {}
+    quiet = _NoOpenCVNote()
+    logging.getLogger("absl").addFilter(quiet)
     try:
         sources = tfds.data_source(name, split=["train", "test"], data_dir=os.fspath(data_dir), download=False)
         for split, source in zip(("train", "test"), sources, strict=True):
@@ -148,6 +158,8 @@ def _decode(name: str, data_dir: Path, data_path: Path, progress: bool) -> dict[
         raise DataSourceError(f"{data_path}: the prepared dataset is damaged ({type(e).__name__}: "
                               f"{(str(e).splitlines() or [''])[0][:150]}); delete that folder and run again to "
                               f"prepare it anew (`python -m cnn_jax.data prepare {name}`)") from None
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
     return out
 
 
@@ -167,7 +179,7 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
         dataset is neither prepared nor found locally (as ``tfds.load`` does); False: never.
       verify: when preparing from local files, check checksums and expected counts (``False`` for
         synthetic/custom files; structure is always checked).
-      progress: show a tqdm bar while decoding.
+      progress: progress bars while preparing (TFDS's) and decoding.
 
     Returns:
       :class:`Splits` with uint8 NHWC ``(N, 28, 28, 1)`` images and int32 labels; ``source`` says when the
@@ -186,7 +198,7 @@ def load(name: str, *, data_dir: str | None = None, source_dir: str | None = Non
     root = check_data_dir(data_dir, name, write=False)  # not a folder: one line (preparing checks writes)
     builder = tfds.builder(name, data_dir=os.fspath(root))
     if not builder.is_prepared():
-        prepare(name, source_dir=source_dir, data_dir=root, download=download, verify=verify)
+        prepare(name, source_dir=source_dir, data_dir=root, download=download, verify=verify, progress=progress)
         builder = tfds.builder(name, data_dir=os.fspath(root))
     else:  # a stand-in given where the dataset's own files were prepared (or the other way round): refused
         check_same_source(name, builder.data_path, source_dir, data_dir)
