@@ -24,3 +24,8 @@ def use(folder: Path) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
+
+def passed_on() -> dict[str, str]:
+    """The cache's settings, for a process a test starts with an environment of its own (``env={...}``, not
+    ``os.environ``); empty when the cache is off (``CNN_JAX_TEST_NO_CACHE``)."""
+    return {k: os.environ[k] for k in (DIR, *SETTINGS) if k in os.environ}

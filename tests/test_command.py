@@ -12,6 +12,7 @@ import sysconfig
 from pathlib import Path
 
 import inproc
+import jax_cache
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,7 +97,8 @@ def test_installed_wheel_trains_evaluates_and_predicts_outside_the_repository(fa
     (site / "test_deps.pth").write_text("\n".join(deps) + "\n")  # plain paths: the editable hook is not run
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "TFDS_DATA_DIR": str(fashion_tfds_dir)}
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "TFDS_DATA_DIR": str(fashion_tfds_dir),
+           **jax_cache.passed_on()}  # the suite's compilation cache: programs, not code, are shared
     where = subprocess.run([str(python), "-c", "import cnn_jax; print(cnn_jax.__file__)"], capture_output=True,
                            text=True, cwd=elsewhere, env=env, check=True).stdout.strip()
     assert Path(where).is_relative_to(site), where  # the installed wheel, not the checkout

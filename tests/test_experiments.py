@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax_cache
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,7 +60,8 @@ def test_fashion_mnist_best_preset_script(fashion_tfds_dir, tmp_path, precision)
            "--widths", "8", "16", "16", "--precision", precision, "--data-dir", str(fashion_tfds_dir),
            "--workdir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT),
-                                                                               "PATH": "/usr/bin:/bin"})
+                                                                               "PATH": "/usr/bin:/bin",
+                                                                               **jax_cache.passed_on()})
     assert out.returncode == 0, out.stderr[-3000:]
     results = _check_run(tmp_path / "best", 2)
     config = json.loads((tmp_path / "best" / "config.json").read_text())
@@ -195,5 +197,5 @@ def test_unknown_dataset_and_missing_data(tmp_path):
     assert info.value.code == 2
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "emnist_digits.py"), "--workdir", str(tmp_path),
                           "--data-dir", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(ROOT)})
+                         env={"PYTHONPATH": str(ROOT), **jax_cache.passed_on()})
     assert out.returncode == 1 and "error: " in out.stderr and "gzip.zip" in out.stderr
