@@ -79,7 +79,8 @@ def build_parser(dataset: str, prog: str | None = None) -> argparse.ArgumentPars
     p.add_argument("--workdir", default=None, help=f"parent folder of runs (default checkpoints/{dataset})")
     p.add_argument("--run", default=None, help="run name (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="require resuming (error if nothing to resume)")
-    p.add_argument("--new-run", action="store_true", help="start a fresh run <run>-N beside a run with checkpoints")
+    p.add_argument("--new-run", action="store_true",
+                   help="start a fresh run <run>-N beside a run with checkpoints or results")
     for section in ("data", "model", "train", "run"):
         g = p.add_argument_group(f"{section} (default: the preset's)")
         for name, tp in field_types(section).items():

@@ -405,7 +405,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             state = trainer.place_state(restored.state)
             history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
             if restored.step >= cfg.epochs * spe and partial is None and (done := _read_json(run_dir / RESULTS_FILE)):
-                say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / 'results.json'}."
+                say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / RESULTS_FILE}."
                     " Pass --new-run (or another --run) to train again.")
                 return done
             say(f"resuming {run_dir} from checkpoint step {restored.step} "
@@ -675,7 +675,7 @@ def _finish(run_dir: Path, config: Config, dataset: dict[str, Any], trainer: Tra
         write_json(run_dir / RESULTS_FILE, results)
         said = f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f})" if on_test else \
             f"validation accuracy {float(ev['accuracy']):.4f} (test not evaluated: --no-test)"
-        print(f"{said}; wrote {run_dir / 'results.json'} and {len(figures)} figures in {run_dir / 'figures'}")
+        print(f"{said}; wrote {run_dir / RESULTS_FILE} and {len(figures)} figures in {run_dir / 'figures'}")
     return results
 
 
