@@ -52,8 +52,8 @@ def _tile_grid(tiles: Sequence[np.ndarray], titles: Sequence[str], path: str | o
     """``(H, W, 3)`` RGB tiles in rows of ``cols``, each under its title, drawn as one image on one axes
     (``tile_width`` inches a tile; a smaller tile centred in its cell). A grid of 32 subplots took ~1 s to lay out and
     save on a 2-core CPU; this ~0.1 s."""
-    n = len(tiles)
-    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    n = len(tiles)  # none: an empty row under the title
+    h, w = max((t.shape[0] for t in tiles), default=28), max((t.shape[1] for t in tiles), default=28)
     if (scale := max(1, 24 // max(h, w))) > 1:  # small tiles (3x3 kernels) magnified, each pixel a square
         tiles = [t.repeat(scale, axis=0).repeat(scale, axis=1) for t in tiles]
         h, w = h * scale, w * scale
