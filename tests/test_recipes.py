@@ -3,6 +3,7 @@ and the ablation script's smoke mode. Behaviour only: accuracy is measured by th
 
 from __future__ import annotations
 
+import functools
 import json
 import runpy
 from pathlib import Path
@@ -23,13 +24,18 @@ from cnn_jax.train_state import ema_of_params, eval_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = make_data(256, seed=0)
-TINY = ResNet(widths=(4, 8, 8, 8), rngs=nnx.Rngs(0))
 
 
-def _trainer(parallelism: str = "none", ema: float | None = 0.9, model=TINY) -> Trainer:
+@functools.cache
+def _tiny() -> ResNet:
+    """The tests' small ResNet, built when a test first asks (not when pytest collects this file)."""
+    return ResNet(widths=(4, 8, 8, 8), rngs=nnx.Rngs(0))
+
+
+def _trainer(parallelism: str = "none", ema: float | None = 0.9, model: nnx.Module | None = None) -> Trainer:
     cfg = Config(train=TrainConfig(batch_size=32, epochs=2, lr=3e-3, ema=ema, microbatch=None),
                  run=RunConfig(parallelism=parallelism, eval_batch_size=32))
-    return Trainer(model, cfg, len(DATA[0]), (28, 28, 1))
+    return Trainer(model or _tiny(), cfg, len(DATA[0]), (28, 28, 1))
 
 
 def test_ema_follows_its_formula():
@@ -130,14 +136,21 @@ def test_config_checks_and_older_records():
 
 
 def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
-    """Variants 0 and 1 run (cumulative flags, validation only: the test split is never evaluated), each in its own
-    run folder; the table's figures come from the runs' own records. The last variant, which holds every flag of
-    the ones between, runs in the next test."""
+    """``--first I --upto J``: variants I..J run (validation only: the test split is never evaluated), each in its
+    own run folder with the flags of every variant before it; the table's figures come from the runs' own records.
+    Here the last two: the ResNet with the weights' average and label smoothing, then all of that in bf16, which
+    predicts with the average."""
+    from cnn_jax import load
+
     mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    last = len(mod["VARIANTS"]) - 1
+    with pytest.raises(SystemExit):
+        mod["main"](["--smoke", "--first", str(last), "--upto", str(last - 1)])
     out, md = tmp_path / "ablation.json", tmp_path / "ablation.md"
-    report = mod["main"](["--smoke", "--upto", "1", "--seeds", "0", "--target", "0.3", "--json", str(out),
+    report = mod["main"](["--smoke", "--first", str(last - 1), "--seeds", "3", "--target", "0.3", "--json", str(out),
                           "--markdown", str(md), "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir)])
-    assert [r["variant"] for r in report["runs"]] == [0, 1]
+    assert [r["variant"] for r in report["runs"]] == [last - 1, last]
+    assert [v["index"] for v in report["variants"]] == [last - 1, last]
     for r in report["runs"]:
         run_dir = Path(r["run_dir"])
         results = json.loads((run_dir / "results.json").read_text())
@@ -145,32 +158,17 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
         history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert r["val_accuracy"] == history[-1]["val_accuracy"] and "test_accuracy" not in history[-1]
         config = json.loads((run_dir / "config.json").read_text())
-        assert config["run"]["test"] is False and config["train"]["seed"] == 0
-    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in report["runs"]]
-    assert [c["model"]["name"] for c in configs] == ["bn_cnn", "resnet"]
-    assert configs[1]["train"]["schedule"] == configs[0]["train"]["schedule"] == "onecycle"  # variant 0's flags kept
-    assert [row["variant"] for row in report["table"]] == [0, 1]
+        assert config["run"]["test"] is False and config["train"]["seed"] == 3
+        # every earlier variant's flags kept: the best preset's schedule (0), the ResNet (1), the average (2), ...
+        assert config["train"]["schedule"] == "onecycle" and config["model"]["name"] == "resnet"
+        assert config["train"]["ema"] == 0.99 and config["train"]["label_smoothing"] == 0.2
+    precisions = [json.loads((Path(r["run_dir"]) / "config.json").read_text())["train"]["precision"]
+                  for r in report["runs"]]
+    assert precisions == ["f32", "bf16"]
+    assert [row["variant"] for row in report["table"]] == [last - 1, last]
     assert json.loads(out.read_text())["table"] == report["table"]
     assert md.read_text().count("\n| ") == 4 and "| variant | epochs |" in capsys.readouterr().out
-
-
-def test_ablation_first_keeps_earlier_flags(fashion_tfds_dir, tmp_path):
-    """``--first I``: only variants I.. run, each with the flags of every variant before it; the last variant (every
-    flag: the ResNet, the weights' average, label smoothing, bf16) trains and predicts with the average."""
-    from cnn_jax import load
-
-    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
-    last = len(mod["VARIANTS"]) - 1
-    with pytest.raises(SystemExit):
-        mod["main"](["--smoke", "--first", str(last), "--upto", str(last - 1)])
-    report = mod["main"](["--smoke", "--first", str(last), "--seeds", "3", "--workdir", str(tmp_path), "--",
-                          "--data-dir", str(fashion_tfds_dir)])
-    assert [r["variant"] for r in report["runs"]] == [last] and [v["index"] for v in report["variants"]] == [last]
-    config = json.loads((Path(report["runs"][0]["run_dir"]) / "config.json").read_text())
-    assert config["model"]["name"] == "resnet" and config["train"]["ema"] == 0.99 and config["train"]["seed"] == 3
-    assert config["train"]["precision"] == "bf16" and config["train"]["label_smoothing"] == 0.2
-    run_dir = Path(report["runs"][0]["run_dir"])
-    assert json.loads((run_dir / "results.json").read_text())["test_accuracy"] is None
+    run_dir = Path(report["runs"][-1]["run_dir"])
     state = RunCheckpointer(run_dir / "ckpt", read_only=True).restore(None).state
     loaded = load(run_dir, "latest").variables["params"]  # predictions use the weights' average
     for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["opt_state"][-1]["ema"]), strict=True):
