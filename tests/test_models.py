@@ -71,8 +71,8 @@ def test_reads_the_linen_variables_and_computes_the_same(name):
         m.train()
         return m(x).sum(), nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
 
-    (_, want_stats), want = jax.value_and_grad(linen_loss, has_aux=True)(variables["params"])
-    (_, got_stats), got = jax.value_and_grad(nnx_loss, has_aux=True)(variables["params"])
+    (_, want_stats), want = jax.jit(jax.value_and_grad(linen_loss, has_aux=True))(variables["params"])
+    (_, got_stats), got = jax.jit(jax.value_and_grad(nnx_loss, has_aux=True))(variables["params"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got_stats, want_stats)
 
