@@ -1,51 +1,44 @@
-"""cnn_jax: convolutional networks in JAX/Flax, from hand-made convolution to fast training."""
+"""cnn_jax: convolutional networks in JAX/Flax, from hand-made convolution to fast training.
 
-from cnn_jax.config import PRESETS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig
-from cnn_jax.filters import FILTERS, apply_filter_bank, filter_bank
-from cnn_jax.models import BNCNN, MODELS, LabCNN, ResNet, get_model, register_model
-from cnn_jax.ops import IMPLS, avg_pool, conv2d, conv_output_shape, default_impl, max_pool
-from cnn_jax.steps import default_preprocess
-from cnn_jax.train import NonFiniteLossError, Trainer, train_and_evaluate
-from cnn_jax.train_state import TrainState, create_train_state, make_optimizer
+Each public name is imported from its module when first used (PEP 562), so that ``import cnn_jax`` for the
+primitives, or ``cnn-jax --help``, does not load training, Orbax or the data layer.
+"""
 
-__all__ = [
-    "FILTERS",
-    "IMPLS",
-    "apply_filter_bank",
-    "avg_pool",
-    "conv2d",
-    "conv_output_shape",
-    "default_impl",
-    "filter_bank",
-    "max_pool",
-    "BNCNN",
-    "Config",
-    "DataConfig",
-    "LabCNN",
-    "MODELS",
-    "ModelConfig",
-    "NonFiniteLossError",
-    "PRESETS",
-    "ResNet",
-    "RunConfig",
-    "TrainConfig",
-    "TrainState",
-    "Trainer",
-    "create_train_state",
-    "default_preprocess",
-    "get_model",
-    "make_optimizer",
-    "register_model",
-    "train_and_evaluate",
-]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+#: Module -> the public names it gives ``cnn_jax``.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "cnn_jax.ops": ("IMPLS", "avg_pool", "conv2d", "conv_output_shape", "default_impl", "max_pool"),
+    "cnn_jax.filters": ("FILTERS", "apply_filter_bank", "filter_bank"),
+    "cnn_jax.models": ("BNCNN", "MODELS", "LabCNN", "ResNet", "get_model", "register_model"),
+    "cnn_jax.config": ("PRESETS", "Config", "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig"),
+    "cnn_jax.steps": ("default_preprocess",),
+    "cnn_jax.train": ("NonFiniteLossError", "StoppedError", "Trainer", "train_and_evaluate"),
+    "cnn_jax.train_state": ("TrainState", "create_train_state", "make_optimizer"),
+    "cnn_jax.checkpoint": ("CheckpointError", "IncompatibleCheckpointError"),
+    "cnn_jax.inference": ("LoadedModel", "load"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+try:
+    __version__ = metadata.version("cnn_jax")
+except metadata.PackageNotFoundError:  # run from a checkout that is not installed (PYTHONPATH=.)
+    __version__ = "0+unknown"
 
 
-def load(path, which: str | int = "best"):
-    """A trained model from a run folder: ``cnn_jax.load(run_dir).predict(images)``; see :mod:`cnn_jax.inference`."""
-    from cnn_jax.inference import load as _load
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'cnn_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
 
-    return _load(path, which)
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
-__all__ += ["load"]

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,17 @@ class LoadedModel:
     meta: dict[str, Any]
     step: int
     class_names: tuple[str, ...]
+    #: The compiled logits function, per (test-time views, precision): owned, so it goes with this object.
+    _compiled: dict[tuple[tuple[str, ...], str], Any] = field(default_factory=dict, init=False, repr=False,
+                                                              compare=False)
+
+    def _logits_fn(self):
+        key = tta, precision = self.config.data.tta, self.config.train.precision
+        if key not in self._compiled:
+            model, dtype = self.model, COMPUTE_DTYPES[precision]
+            self._compiled[key] = jax.jit(
+                lambda v, x: eval_logits(model, v["params"], v.get("batch_stats", {}), x, tta, dtype))
+        return self._compiled[key]
 
     def _prepare(self, images) -> tuple[jax.Array, bool]:
         from cnn_jax.data.augment import normalize
@@ -79,7 +90,7 @@ class LoadedModel:
         batch = self.config.run.eval_batch_size if batch_size is None else batch_size
         if batch < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        fn = _apply_fn(self.model, self.config.data.tta, self.config.train.precision)
+        fn = self._logits_fn()
         out = [np.zeros((0, self.meta["dataset"]["num_classes"]), np.float32)]
         for i in range(0, len(x), batch):
             part = x[i:i + batch]
@@ -92,17 +103,6 @@ class LoadedModel:
         """Predicted class indices ``(N,)`` (a scalar array for a single image); ``batch_size`` as in
         :meth:`logits`."""
         return np.argmax(self.logits(images, batch_size), axis=-1)
-
-
-_APPLY_CACHE: dict[tuple[int, tuple[str, ...], str], Any] = {}
-
-
-def _apply_fn(model: nnx.Module, tta: tuple[str, ...] = (), precision: str = "f32"):
-    key = (id(model), tta, precision)
-    if key not in _APPLY_CACHE:
-        _APPLY_CACHE[key] = jax.jit(lambda v, x: eval_logits(model, v["params"], v.get("batch_stats", {}), x, tta,
-                                                             COMPUTE_DTYPES[precision]))
-    return _APPLY_CACHE[key]
 
 
 def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:

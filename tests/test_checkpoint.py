@@ -177,6 +177,23 @@ def test_load_and_predict_reproduce_saved_accuracy(fashion_tfds_dir, reference):
     assert best.meta["metrics"]["val_accuracy"] == max(h["val_accuracy"] for h in _history(reference))
 
 
+def test_a_dropped_loaded_model_is_freed_with_its_compiled_function(reference):
+    """A notebook that loads runs in a loop: each ``LoadedModel`` owns its compiled function, so nothing kept at
+    module level holds a model that was dropped; of five loads in a loop, only the last is alive."""
+    import gc
+    import weakref
+
+    from cnn_jax import load
+
+    refs = []
+    for _ in range(5):
+        lm = load(reference, "latest")
+        assert lm.predict(np.zeros((2, 28, 28), np.uint8)).shape == (2,)
+        refs.append(weakref.ref(lm.model))
+    gc.collect()
+    assert [r() is not None for r in refs] == [False] * 4 + [True]
+
+
 def test_evaluate_command(fashion_tfds_dir, reference):
     out = subprocess.run([sys.executable, "-m", "cnn_jax.inference", str(reference), "--which", "latest"],
                          env=_env(fashion_tfds_dir), capture_output=True, text=True, timeout=300)

@@ -50,6 +50,37 @@ def test_the_command_runs_as_a_process():
     assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr.splitlines()[-1]
 
 
+_HEAVY = ("cnn_jax.train", "orbax.checkpoint", "tensorflow_datasets", "matplotlib")
+_LOADED = f"print('loaded:', sorted(m for m in {_HEAVY!r} if m in sys.modules))"
+
+
+def test_the_package_loads_what_is_used_and_names_its_documented_errors():
+    """``import cnn_jax`` (or one primitive from it) and ``cnn-jax --help`` load no training, Orbax, data layer
+    or plotting; every public name is there when first used, the errors that ``train_and_evaluate`` and ``load``
+    document and ``LoadedModel`` included; the version is the installed package's."""
+    code = (f"import sys, runpy\nimport cnn_jax\n{_LOADED}\nfrom cnn_jax import conv2d\n{_LOADED}\n"
+            f"sys.argv = ['cnn-jax', '--help']\ntry:\n    runpy.run_module('cnn_jax', run_name='__main__')\n"
+            f"except SystemExit:\n    pass\n{_LOADED}\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [line for line in out.stdout.splitlines() if line.startswith("loaded:")] == ["loaded: []"] * 3
+    import importlib.metadata
+
+    import cnn_jax
+    from cnn_jax.checkpoint import IncompatibleCheckpointError
+    from cnn_jax.config import ConfigError
+    from cnn_jax.inference import LoadedModel
+    from cnn_jax.train import StoppedError
+
+    assert all(getattr(cnn_jax, name) is not None for name in cnn_jax.__all__)
+    assert (cnn_jax.StoppedError, cnn_jax.IncompatibleCheckpointError, cnn_jax.ConfigError, cnn_jax.LoadedModel) == (
+        StoppedError, IncompatibleCheckpointError, ConfigError, LoadedModel)
+    assert cnn_jax.__version__ == importlib.metadata.version("cnn_jax")
+    with pytest.raises(AttributeError, match="no attribute 'Trainerr'"):
+        cnn_jax.Trainerr  # noqa: B018
+
+
 def test_help_lists_every_command_and_each_has_its_own(capsys, monkeypatch):
     out = _in_process(capsys, monkeypatch, "--help")
     assert out.returncode == 0, out.stderr
