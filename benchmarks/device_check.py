@@ -428,7 +428,7 @@ def load_and_predict(config: Config, trainer: Trainer, state: Any, test: tuple[n
     weights must equal the trained ones and the predictions' accuracy the evaluation's (within 0.1 point)."""
     import cnn_jax
     from cnn_jax.checkpoint import RunCheckpointer
-    from cnn_jax.train import CKPT_SUBDIR
+    from cnn_jax.run_folder import CKPT_SUBDIR
     from cnn_jax.train_state import eval_params
 
     host = trainer.host_state(state)

@@ -117,7 +117,7 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
     """``(config, run folder, args)`` from the command line, checked before any work (one-line errors);
     ``prog``: the command's name in messages (default: the experiment script's)."""
     from cnn_jax.data import canonical_name, flips_allowed
-    from cnn_jax.train import has_checkpoints, has_run
+    from cnn_jax.run_folder import has_checkpoints, has_run
 
     parser = build_parser(dataset, prog)
     args = parser.parse_args(argv)
@@ -194,7 +194,8 @@ def main(dataset: str, argv: list[str] | None = None, command: list[str] | None 
     from cnn_jax.checkpoint import CheckpointError
     from cnn_jax.data import DatasetNotFoundError, DataSourceError, IdxError
     from cnn_jax.files import RunLockedError
-    from cnn_jax.train import NonFiniteLossError, StoppedError, has_checkpoints, train_and_evaluate
+    from cnn_jax.run_folder import has_checkpoints
+    from cnn_jax.train import NonFiniteLossError, StoppedError, train_and_evaluate
 
     try:
         return train_and_evaluate(config, run_dir)

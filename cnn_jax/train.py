@@ -1,11 +1,8 @@
 """The training program: ``train_and_evaluate(config, workdir)``.
 
 Data flows one way: data (host numpy) -> model -> compiled steps (:class:`Trainer`) -> epoch loop ->
-checkpoints (:mod:`cnn_jax.checkpoint`) -> ``results.json`` and figures. A run folder holds::
-
-    config.json      the Config (data, model, train, run)    metrics.jsonl   one line per epoch
-    ckpt/<step>/     Orbax checkpoints (latest N + best)     results.json    final metrics
-    figures/*.png    curves, confusion matrix, predictions, first-layer filters and feature maps
+checkpoints (:mod:`cnn_jax.checkpoint`) -> ``results.json`` and figures, in a run folder
+(:mod:`cnn_jax.run_folder`: its files, what it holds, who may write it).
 
 One compiled path for 1..N devices and hosts: ``jit`` over a :class:`~jax.sharding.Mesh` (one device is a
 mesh of one), the batch split over its ``"data"`` axis; ``pmap`` (one host) is built from the same step.
@@ -35,10 +32,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
+from cnn_jax import run_folder as folder
 from cnn_jax.backend import auto_microbatch
 from cnn_jax.checkpoint import (
-    DIGEST,
-    CheckpointError,
     DiskFullError,
     IncompatibleCheckpointError,
     RunCheckpointer,
@@ -47,8 +43,9 @@ from cnn_jax.checkpoint import (
     quiet_disk_full,
 )
 from cnn_jax.config import AUTO, Config, differences
-from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, write_json, write_text
+from cnn_jax.files import write_json, write_text
 from cnn_jax.models import get_model
+from cnn_jax.run_folder import CKPT_SUBDIR, CONFIG_FILE, RESULTS_FILE
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import (
     TrainState,
@@ -60,11 +57,8 @@ from cnn_jax.train_state import (
 )
 
 __all__ = ["Trainer", "NonFiniteLossError", "StoppedError", "train_and_evaluate", "build_model", "load_data",
-           "saved_config", "has_checkpoints", "has_run", "train_eval_size", "CKPT_SUBDIR", "CONFIG_FILE"]
+           "resolve_microbatch", "preprocessing", "train_eval_size", "chunk_steps"]
 
-CKPT_SUBDIR = "ckpt"
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -279,77 +273,10 @@ def preprocessing(config: Config) -> tuple[Preprocess, Preprocess]:
 
 
 # ---------------------------------------------------------------------------------------------- loop
-def has_checkpoints(run_dir: str | Path) -> bool:
-    ckpt_dir = Path(run_dir) / CKPT_SUBDIR
-    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-
-
-def has_run(run_dir: str | Path) -> bool:
-    """Checkpoints, or the results of a finished run whose checkpoints were deleted (to save space)."""
-    return has_checkpoints(run_dir) or (Path(run_dir) / RESULTS_FILE).is_file()
-
-
-def _finished_without_checkpoints(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(config, results)`` of a finished run whose ``ckpt/`` was deleted (``results.json`` and ``config.json``
-    kept); None when the folder has no results. A run's results without a readable config are refused."""
-    if has_checkpoints(run_dir) or not (run_dir / RESULTS_FILE).is_file():
-        return None
-    results, config = _read_json(run_dir / RESULTS_FILE), _read_json(run_dir / CONFIG_FILE)
-    if not isinstance(results, dict) or not isinstance(config, dict):
-        raise CheckpointError(f"{run_dir} holds the results of a finished run whose checkpoints are gone, and its "
-                              f"{RESULTS_FILE if not isinstance(results, dict) else CONFIG_FILE} cannot be read; "
-                              "nothing was changed there: pick another --run, or pass --new-run to start a fresh run "
-                              "beside it")
-    return config, results
-
-
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config a run folder's checkpoints were made with (the latest readable one's record; else
-    ``config.json``); None if the folder has no checkpoints."""
-    saved = _saved(run_dir)
-    return None if saved is None else saved[0]
-
-
-def _saved(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """``(config, dataset record)`` of a run folder's checkpoints (the latest readable one's; else ``config.json``
-    and no dataset record); None if the folder has no checkpoints."""
-    if not has_checkpoints(run_dir):
-        return None
-    ckpt = RunCheckpointer(run_dir / CKPT_SUBDIR, read_only=True)
-    try:
-        for step in ckpt.steps()[::-1]:
-            try:
-                meta = ckpt.read_meta(step)
-                return meta["config"], meta.get("dataset")
-            except Exception:  # noqa: BLE001 - damaged: the restore will say so and fall back
-                continue
-    finally:
-        ckpt.close()
-    if isinstance(saved := _read_json(run_dir / CONFIG_FILE), dict):
-        return saved, None
-    raise CheckpointError(f"{run_dir}: the config of its checkpoints cannot be read (every checkpoint's record "
-                          f"is damaged and {CONFIG_FILE} is missing or damaged); nothing was changed there: pick "
-                          "another --run, or pass --new-run to start a fresh run beside it")
-
-
 def train_eval_size(num_train: int, num_val: int) -> int:
     """Size of the fixed training subset evaluated like validation each epoch (the generalisation gap's train
     side): the validation set's size, 5,000 without one, at most the training set."""
     return min(num_train, num_val or 5000)
-
-
-def _other_data(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """A resumed run's data must be the data its checkpoints were trained on: a stand-in's fingerprint (or the
-    dataset's own files, ``source`` None) as recorded. Runs saved before sources were recorded are not checked."""
-    if not saved or "source" not in saved:
-        return []
-    then, now_source = saved["source"], now["source"]
-    if (then or {}).get("fingerprint") == (now_source or {}).get("fingerprint"):
-        return []
-    def label(source: dict[str, Any] | None) -> str:
-        return source["label"] if source else f"{now['name']}'s own files"
-
-    return [f"data: saved {label(then)}, now {label(now_source)}"]
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
@@ -363,13 +290,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     run_dir = Path(workdir)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
-    _agree(lambda: _claim_run_folder(run_dir, check_only=True))  # a user's folder: refused, nothing written
-    saved, saved_data = _saved(run_dir) or (None, None)
+    folder.agree(lambda: folder.claim(run_dir, check_only=True))  # a user's folder: refused, nothing written
+    saved, saved_data = folder.saved_record(run_dir) or (None, None)
     if saved is not None:
         config = resolve_microbatch(config, None, saved)  # "auto": the run's own choice
         if diffs := differences(saved, config):
             raise IncompatibleCheckpointError(run_dir, diffs)
-    elif finished := _finished_without_checkpoints(run_dir):  # its results are never replaced
+    elif finished := folder.finished_without_checkpoints(run_dir):  # its results are never replaced
         if diffs := differences(finished[0], resolve_microbatch(config, None, finished[0])):
             raise IncompatibleCheckpointError(run_dir, diffs, holds="the results of a finished run")
         say(f"{run_dir} is already complete (its checkpoints were removed; its results are kept: "
@@ -387,12 +314,12 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
                "input_shape": list(train.images.shape[1:]), "source": splits.source, "label": splits.label,
                "num_train_eval": train_eval_size(len(train), len(val))}
-    if diffs := _other_data(saved_data, dataset):  # a stand-in resumed on the dataset's own files, or back
+    if diffs := folder.data_differences(saved_data, dataset):  # a stand-in resumed on the dataset's own files, or back
         raise IncompatibleCheckpointError(run_dir, diffs)
     fresh = trainer.init_state() if saved is None else None  # errors of a new run's setup come before any file
     created = not run_dir.exists()
-    _agree(lambda: _claim_run_folder(run_dir))  # created (or checked again) and marked as ours
-    lock = _lock(run_dir, is_main, say)
+    folder.agree(lambda: folder.claim(run_dir))  # created (or checked again) and marked as ours
+    lock = folder.lock(run_dir, is_main, say)
     ckpt, finished, discard = RunCheckpointer(run_dir / CKPT_SUBDIR, keep=config.run.keep), False, False
     stop = StopSignal(preemption=ckpt.manager if jax.process_count() > 1 else None).__enter__()  # a SIGTERM
     quiet = quiet_disk_full()
@@ -404,7 +331,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             restored = ckpt.restore(trainer.abstract_state())
             state = trainer.place_state(restored.state)
             history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
-            if restored.step >= cfg.epochs * spe and partial is None and (done := _read_json(run_dir / RESULTS_FILE)):
+            done = restored.step >= cfg.epochs * spe and partial is None and folder.read_json(run_dir / RESULTS_FILE)
+            if done:
                 say(f"{run_dir} is already complete ({len(history)} epochs); its results: {run_dir / RESULTS_FILE}."
                     " Pass --new-run (or another --run) to train again.")
                 return done
@@ -432,7 +360,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                           test if config.run.test else val, time.perf_counter() - t_start, is_main)
         finished = True
     except NonFiniteLossError:  # a new run that diverged before its first checkpoint: its folder goes
-        discard = created and is_main and not has_checkpoints(run_dir)
+        discard = created and is_main and not folder.has_checkpoints(run_dir)
         raise
     except Exception as e:  # the disk filled up while Orbax (in the background) or we were writing
         if not is_disk_full(e):
@@ -452,51 +380,6 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             if discard:  # only what this run wrote: the same command (with another --lr) starts afresh
                 shutil.rmtree(run_dir, ignore_errors=True)
     return results
-
-
-def _agree(action: Callable[[], Any]) -> Any:
-    """``action()`` on process 0; its error, if any, raised on every process (one file-system decision)."""
-    result, error = None, None
-    if jax.process_index() == 0:
-        try:
-            result = action()
-        except (NotOursError, RunLockedError) as e:
-            error = e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        if not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
-            raise error or NotOursError("process 0 refused the run folder (see its message)")
-    if error is not None:
-        raise error
-    return result
-
-
-def _claim_run_folder(run_dir: Path, check_only: bool = False) -> None:
-    """The run folder is ours (:func:`cnn_jax.files.claim_folder`): new, empty or marked as a run; a run of an
-    older version (no marker, checkpoints with their file digest) is marked now."""
-    legacy = owner(run_dir) is None and any(
-        (p / DIGEST).is_file() for p in (run_dir / CKPT_SUBDIR).glob("[0-9]*") if run_dir.is_dir())
-    if legacy and not check_only:
-        write_json(run_dir / MARKER, {"cnn_jax": "run"})
-    elif not legacy:
-        claim_folder(run_dir, "run", check_only=check_only)
-
-
-def _lock(run_dir: Path, is_main: bool, say: Callable) -> RunLock:
-    """The run folder's one-writer lock, taken by process 0 for all processes."""
-    lock = RunLock(run_dir)
-    if note := _agree(lock.acquire):
-        say(f"{run_dir}: {note}")
-    return lock
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file's content, or None if it is missing or unreadable (it is then written again)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _test_hooks() -> Callable[[int, int], None]:
