@@ -12,7 +12,7 @@ In order, within ``--budget`` seconds (default 450, under 8 minutes with the sta
 2. the backend-agnostic tests (:data:`DEVICE_TESTS`: ops against their oracles, models, augmentations, the rules,
    the train step, resume and checkpoint restore) run on this device by pytest, pass/fail per test;
 3. time to 94% test accuracy of a Fashion-MNIST preset (``--preset``, default ``best``), one seed, through the
-   :class:`~cnn_jax.train.Trainer` API on the raw IDX files (``--data``), the compile time apart; then that
+   :class:`~cnn_jax.trainer.Trainer` API on the raw IDX files (``--data``), the compile time apart; then that
    model saved as a run folder, loaded with ``cnn_jax.load`` and its predictions checked against the evaluation;
 4. ``peers.py`` rows: LabCNN and the BN-CNN (48/96/192) at batch 128 and 1024, cnn_jax float32 and bf16 with
    their defaults (and float32 under XLA's default matmul precision at the larger batch), against PyTorch eager
@@ -56,7 +56,7 @@ from cnn_jax.files import write_json, write_text  # noqa: E402
 
 if TYPE_CHECKING:
     from cnn_jax.config import Config
-    from cnn_jax.train import Trainer
+    from cnn_jax.trainer import Trainer
 
 #: Where Fashion-MNIST's raw files are looked for, in order: Debian's package, then the folder that
 #: ``--copy-data`` fills (git-ignored, so that it can be carried to a machine that has no copy).
@@ -356,7 +356,7 @@ def time_to_accuracy(config: Config, data: dict[str, tuple[np.ndarray, np.ndarra
     evaluation is run twice (compile + an evaluation, then an evaluation). ``seconds_to_threshold`` counts the
     training and evaluation calls after those, plus one step; ``with_compile`` adds the compile times.
     Returns ``(record, trainer, state)``."""
-    from cnn_jax.train import Trainer, build_model, preprocessing
+    from cnn_jax.trainer import Trainer, build_model, preprocessing
 
     preprocess, eval_preprocess = preprocessing(config)
     (x, y), test = data["train"], data["test"]

@@ -25,7 +25,7 @@ from flax import nnx
 
 from cnn_jax.config import PRESETS
 from cnn_jax.files import write_json
-from cnn_jax.train import Trainer, build_model, preprocessing
+from cnn_jax.trainer import Trainer, build_model, preprocessing
 
 
 def evaluator(preset: str, impl: str, batch: int, precision: str, images: np.ndarray, labels: np.ndarray):

@@ -26,7 +26,7 @@ from flax import nnx
 from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN
 from cnn_jax.steps import default_preprocess, train_step
-from cnn_jax.train import Trainer
+from cnn_jax.trainer import Trainer
 
 
 def measure(fn, windows: int) -> list[float]:

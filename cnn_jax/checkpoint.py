@@ -4,7 +4,7 @@ A checkpoint (Orbax step = global train step) holds two items:
 
 * ``state``: the :class:`~cnn_jax.train_state.TrainState` as host arrays (params, optimizer state with its
   step count, batch-norm statistics, PRNG key as ``uint32[2]``, global step), so it restores onto any
-  device count and is placed afterwards (:meth:`cnn_jax.train.Trainer.place_state`);
+  device count and is placed afterwards (:meth:`cnn_jax.trainer.Trainer.place_state`);
 * ``meta`` (JSON): the run config, the dataset identity, epoch/step, the metrics history, and the partial
   epoch's running sums when saved mid-epoch.
 

@@ -195,7 +195,8 @@ def main(dataset: str, argv: list[str] | None = None, command: list[str] | None 
     from cnn_jax.data import DatasetNotFoundError, DataSourceError, IdxError
     from cnn_jax.files import RunLockedError
     from cnn_jax.run_folder import has_checkpoints
-    from cnn_jax.train import NonFiniteLossError, StoppedError, train_and_evaluate
+    from cnn_jax.train import StoppedError, train_and_evaluate
+    from cnn_jax.trainer import NonFiniteLossError
 
     try:
         return train_and_evaluate(config, run_dir)

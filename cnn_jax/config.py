@@ -33,7 +33,7 @@ PARALLELISMS = ("none", "sharded", "pmap")
 CHOICES = {"train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.precision": PRECISIONS,
            "run.parallelism": PARALLELISMS}
 RUNTIME = {"runtime": True}
-#: ``train.microbatch="auto"``: chosen when a run starts (:func:`cnn_jax.train.resolve_microbatch`).
+#: ``train.microbatch="auto"``: chosen when a run starts (:func:`cnn_jax.trainer.resolve_microbatch`).
 AUTO = "auto"
 
 #: Short flags that are not ``--<field-name>`` (every field also has ``--<section>.<field>``).
@@ -151,7 +151,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation. ``batch_size`` is the global batch (split over devices). ``microbatch``: gradient
     accumulation slice dividing the batch (None or 0: off; batch norm then sees micro-batch statistics);
-    ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.train.resolve_microbatch`: on CPU
+    ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.trainer.resolve_microbatch`: on CPU
     16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
     keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights.
     ``ema``: decay of an exponential moving average of the weights, kept in the optimizer state and used for

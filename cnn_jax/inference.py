@@ -25,8 +25,8 @@ from cnn_jax.cli import ArgumentParser
 from cnn_jax.config import Config
 from cnn_jax.run_folder import CKPT_SUBDIR
 from cnn_jax.steps import COMPUTE_DTYPES, eval_logits
-from cnn_jax.train import build_model
 from cnn_jax.train_state import bind, eval_params, model_variables
+from cnn_jax.trainer import build_model
 
 __all__ = ["LoadedModel", "load", "read_image", "LIGHT_ON_DARK", "SHRINK_FACTOR"]
 

@@ -12,8 +12,8 @@ from cnn_jax import backend, conv2d, default_impl
 from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import BNCNN, LabCNN
 from cnn_jax.ops import dot_general
-from cnn_jax.train import Trainer, resolve_microbatch
 from cnn_jax.train_state import bind, model_state
+from cnn_jax.trainer import Trainer, resolve_microbatch
 
 X = jnp.ones((2, 8, 8, 3))
 K = jnp.ones((3, 3, 3, 4))

@@ -21,7 +21,7 @@ from synthetic import make_data, train
 from cnn_jax import get_model
 from cnn_jax.checkpoint import CheckpointError, RunCheckpointer, StopSignal
 from cnn_jax.config import Config, RunConfig, TrainConfig, differences
-from cnn_jax.train import Trainer
+from cnn_jax.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"

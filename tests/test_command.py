@@ -50,7 +50,7 @@ def test_the_command_runs_as_a_process():
     assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr.splitlines()[-1]
 
 
-_HEAVY = ("cnn_jax.train", "orbax.checkpoint", "tensorflow_datasets", "matplotlib")
+_HEAVY = ("cnn_jax.train", "cnn_jax.trainer", "orbax.checkpoint", "tensorflow_datasets", "matplotlib")
 _LOADED = f"print('loaded:', sorted(m for m in {_HEAVY!r} if m in sys.modules))"
 
 

@@ -17,7 +17,7 @@ from synthetic import make_data
 
 from cnn_jax.config import Config, RunConfig, TrainConfig
 from cnn_jax.models import BNCNN, LabCNN
-from cnn_jax.train import Trainer
+from cnn_jax.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"

@@ -19,8 +19,8 @@ from synthetic import make_data, train
 from cnn_jax.checkpoint import RunCheckpointer
 from cnn_jax.config import PRESETS, Config, ConfigError, ModelConfig, RunConfig, TrainConfig, differences
 from cnn_jax.models import ResNet
-from cnn_jax.train import Trainer, build_model, preprocessing
 from cnn_jax.train_state import ema_of_params, eval_params
+from cnn_jax.trainer import Trainer, build_model, preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = make_data(256, seed=0)

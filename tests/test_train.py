@@ -1,4 +1,4 @@
-"""The compiled train/eval functions (:class:`cnn_jax.train.Trainer`) on synthetic data, one device."""
+"""The compiled train/eval functions (:class:`cnn_jax.trainer.Trainer`) on synthetic data, one device."""
 
 import functools
 
@@ -14,8 +14,8 @@ from cnn_jax.backend import INFERENCE_IMPL
 from cnn_jax.config import Config, ConfigError, DataConfig, RunConfig, TrainConfig
 from cnn_jax.models import LabCNN, get_model
 from cnn_jax.steps import default_preprocess, evaluate, inference_model
-from cnn_jax.train import NonFiniteLossError, Trainer
 from cnn_jax.train_state import bind, make_schedule
+from cnn_jax.trainer import NonFiniteLossError, Trainer
 
 TINY = dict(widths=(8, 16), dense=32, dropout=0.1)
 TRAIN = make_data(1024, seed=0)
