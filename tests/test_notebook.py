@@ -28,7 +28,7 @@ def test_notebook_runs_and_trains_when_no_run(fashion_tfds_dir, tmp_path, monkey
     monkeypatch.setenv("CNN_JAX_TRAIN_ARGS", "--epochs 1 --limit 1000 --val-size 200")
     monkeypatch.setenv("CNN_JAX_NUM_IMAGES", "8")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # cnn_jax as a user's kernel has it: the installed package
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
