@@ -136,9 +136,9 @@ def test_lecun_normal_is_flax_bit_for_bit_and_compiles_once_per_power_of_two():
 
     flax_init = nnx.initializers.lecun_normal()
     shapes = [(3, 3, 1, 32), (3, 3, 4, 8), (1600, 128), (3, 3, 16, 16), (128, 10), (1, 1), (5, 7), (3, 3, 1, 5)]
-    before = _truncated_normal_draws._cache_size()
+    _truncated_normal_draws.clear_cache()  # what earlier tests in this process compiled does not count
     for i, shape in enumerate(shapes):
         key = jax.random.key(i)
         np.testing.assert_array_equal(lecun_normal(key, shape), flax_init(key, shape, jnp.float32), err_msg=str(shape))
     buckets = {1 << (int(np.prod(s)) - 1).bit_length() for s in shapes}
-    assert _truncated_normal_draws._cache_size() - before <= len(buckets) < len(shapes)
+    assert _truncated_normal_draws._cache_size() == len(buckets) < len(shapes)
