@@ -1,18 +1,19 @@
 """Recipe search on the validation split: named variants, each added to the previous (as airbench's ablation
 table), trained over several seeds, side by side in one sitting.
 
-    python benchmarks/ablation.py [--first I] [--upto J] [--seeds 0 1 2] [--target 0.94] [--workdir DIR] \\
-        [--json out.json] [--markdown out.md] [--smoke] [-- extra experiment flags, e.g. --data-dir DIR]
+    python benchmarks/ablation.py [--table NAME] [--first I] [--upto J] [--seeds 0 1 2] [--target 0.94] \\
+        [--workdir DIR] [--json out.json] [--markdown out.md] [--smoke] [-- extra experiment flags]
 
-Variants ``--first``..``--upto`` run (default: all); variant ``i`` trains ``experiments/fashion_mnist.py --no-test
---seed S`` with the flags of variants 0..i in order (a later flag overrides an earlier one), in
-``<workdir>/ablation-<i>-seed<S>`` (default workdir ``checkpoints/fashion_mnist``; an interrupted search resumes
-where it stopped). ``--no-test``: the test split is never evaluated, so nothing here is chosen on it; a kept
-recipe's test accuracy is measured once, afterwards (``benchmarks/time_to_accuracy.py``). The variants alternate
-within each seed. One row per variant: epochs, validation accuracy (mean, min-max over the seeds), epochs and
-seconds of training to the validation ``--target`` (mean over the seeds that reached it, and how many did), and
-images/s (median). Seconds count from the start of training (compilation and per-epoch evaluations included, data
-loading not).
+``--table``: ``issue22`` (default, cumulative: variant ``i`` has the flags of variants 0..i in order, a later flag
+overriding an earlier one) or ``issue38`` (one at a time: variant ``i`` has variant 0's flags and its own). Variants
+``--first``..``--upto`` run (default: all); each trains ``experiments/fashion_mnist.py --no-test --seed S`` with its
+flags, in ``<workdir>/ablation-<i>-seed<S>`` (``ablation-<table>-<i>-seed<S>`` for other tables; default workdir
+``checkpoints/fashion_mnist``; an interrupted search resumes where it stopped). ``--no-test``: the test split is
+never evaluated, so nothing here is chosen on it; a kept recipe's test accuracy is measured once, afterwards
+(``benchmarks/time_to_accuracy.py``). The variants alternate within each seed. One row per variant: epochs,
+validation accuracy (mean, min-max over the seeds), epochs and seconds of training to the validation ``--target``
+(mean over the seeds that reached it, and how many did), and images/s (median). Seconds count from the start of
+training (compilation and per-epoch evaluations included, data loading not).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax
 
 from cnn_jax.files import write_json, write_text
 
-#: ``(name, flags added to the previous variants')``, in order. The first names the base preset.
+#: Issue 22's table: ``(name, flags added to the previous variants')``, in order. The first names the base preset.
 VARIANTS: list[tuple[str, list[str]]] = [
     ("best preset, 12 epochs", ["--preset", "best", "--epochs", "12"]),
     ("+ ResNet 16-32-64-128 (DAWNBench shape)", ["--model", "resnet", "--widths", "16", "32", "64", "128"]),
@@ -35,23 +36,36 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("+ label smoothing 0.2", ["--label-smoothing", "0.2"]),
     ("+ bfloat16 compute", ["--precision", "bf16"]),
 ]
+#: Issue 38's table: ``(name, flags added to variant 0's)``, each tried alone on top of `fast` at 8 epochs.
+ON_FAST: list[tuple[str, list[str]]] = [
+    ("fast preset, 8 epochs", ["--preset", "fast", "--epochs", "8"]),
+    ("+ weight average (EMA 0.99)", ["--ema", "0.99"]),
+    ("+ label smoothing 0.2 (fast: 0.05)", ["--label-smoothing", "0.2"]),
+]
+#: ``name: (variants, cumulative)``.
+TABLES: dict[str, tuple[list[tuple[str, list[str]]], bool]] = {"issue22": (VARIANTS, True), "issue38": (ON_FAST, False)}
 SMOKE = ["--epochs", "2", "--limit", "600", "--val-size", "200", "--widths", "4", "8", "8", "8"]
 
 
-def flags_upto(i: int) -> list[str]:
-    """The experiment flags of variant ``i``: those of variants 0..i, in order."""
-    return [f for _, more in VARIANTS[:i + 1] for f in more]
+def flags_upto(i: int, table: str = "issue22") -> list[str]:
+    """The experiment flags of variant ``i`` of ``table``: those of variants 0..i in order (cumulative), else
+    variant 0's then its own."""
+    variants, cumulative = TABLES[table]
+    chosen = variants[:i + 1] if cumulative else variants[:1] + (variants[i:i + 1] if i else [])
+    return [f for _, more in chosen for f in more]
 
 
-def _one(i: int, seed: int, target: float, extra: list[str], workdir: str | None) -> dict:
+def _one(i: int, seed: int, target: float, extra: list[str], workdir: str | None, table: str = "issue22") -> dict:
     from cnn_jax.cli import main as run
 
-    name = f"ablation-{i}-seed{seed}"
-    args = [*flags_upto(i), "--no-test", "--no-progress", "--seed", str(seed), "--run", name, *extra]
+    name = f"ablation-{i}-seed{seed}" if table == "issue22" else f"ablation-{table}-{i}-seed{seed}"
+    variants = TABLES[table][0]
+    args = [*flags_upto(i, table), "--no-test", "--no-progress", "--seed", str(seed), "--run", name, *extra]
     results = run("fashion_mnist", args + (["--workdir", workdir] if workdir else []))
     history = [json.loads(line) for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     hit = next((h for h in history if h.get("val_accuracy", 0) >= target), None)
-    row = {"variant": i, "name": VARIANTS[i][0], "seed": seed, "run_dir": results["run_dir"], "epochs": len(history),
+    row = {"variant": i, "name": variants[i][0], "flags": flags_upto(i, table), "seed": seed,
+           "run_dir": results["run_dir"], "epochs": len(history),
            "val_accuracy": history[-1]["val_accuracy"], "best_val_accuracy": results["best_val_accuracy"],
            "target_epoch": hit and hit["epoch"], "target_seconds": hit and hit["elapsed"],
            "train_seconds": history[-1]["elapsed"], "images_per_s": results["images_per_s"]}
@@ -69,7 +83,7 @@ def table(runs: list[dict], target: float) -> list[dict]:
         accs = [r["val_accuracy"] for r in mine]
         hits = [r for r in mine if r["target_epoch"] is not None]
         out.append({
-            "variant": i, "name": mine[0]["name"], "flags": VARIANTS[i][1], "seeds": [r["seed"] for r in mine],
+            "variant": i, "name": mine[0]["name"], "flags": mine[0]["flags"], "seeds": [r["seed"] for r in mine],
             "epochs": mine[0]["epochs"], "val_accuracy_mean": statistics.mean(accs), "val_accuracy_min": min(accs),
             "val_accuracy_max": max(accs), "target": target, "reached": f"{len(hits)}/{len(mine)}",
             "target_epoch_mean": statistics.mean(r["target_epoch"] for r in hits) if hits else None,
@@ -92,13 +106,14 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    names = [n for n, _ in VARIANTS]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", choices=sorted(TABLES), default="issue22",
+                   help="which variants: issue22 (cumulative, default) or issue38 (each alone on top of fast)")
     p.add_argument("--first", type=int, default=0,
-                   help="first variant to run (default 0); it keeps the flags of the variants before it")
-    p.add_argument("--upto", type=int, default=len(VARIANTS) - 1,
-                   help=f"last variant to run, 0..{len(VARIANTS) - 1} (default: all): " +
-                        "; ".join(f"{i}: {n}" for i, n in enumerate(names)))
+                   help="first variant to run (default 0); in a cumulative table it keeps the earlier variants' flags")
+    p.add_argument("--upto", type=int, default=None,
+                   help="last variant to run (default: all): " + "; ".join(
+                       f"{t}: " + ", ".join(f"{i}: {n}" for i, (n, _) in enumerate(v)) for t, (v, _) in TABLES.items()))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--target", type=float, default=0.94, help="validation accuracy to time (default 0.94)")
     p.add_argument("--workdir", default=None, help="parent folder of the runs (default checkpoints/fashion_mnist)")
@@ -107,8 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny runs (600 images, 2 epochs): checks the script runs")
     p.add_argument("experiment_args", nargs="*", help="flags passed to every run (after --)")
     a = p.parse_args(argv)
-    if not 0 <= a.upto < len(VARIANTS):
-        p.error(f"--upto must be in 0..{len(VARIANTS) - 1}, got {a.upto}")
+    variants = TABLES[a.table][0]
+    a.upto = len(variants) - 1 if a.upto is None else a.upto
+    if not 0 <= a.upto < len(variants):
+        p.error(f"--upto must be in 0..{len(variants) - 1} for table {a.table}, got {a.upto}")
     if not 0 <= a.first <= a.upto:
         p.error(f"--first must be in 0..--upto ({a.upto}), got {a.first}")
     if not 0 < a.target <= 1:
@@ -116,18 +133,20 @@ def main(argv: list[str] | None = None) -> dict:
     extra = [*SMOKE, *a.experiment_args] if a.smoke else list(a.experiment_args)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "backend": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "extra_flags": extra, "target": a.target,
-              "variants": [{"index": i, "name": n, "flags": f} for i, (n, f) in enumerate(VARIANTS)
-                           if a.first <= i <= a.upto], "runs": []}
+              "table": a.table, "variants": [{"index": i, "name": n, "flags": flags_upto(i, a.table)}
+                                             for i, (n, _) in enumerate(variants) if a.first <= i <= a.upto],
+              "runs": []}
     for k, seed in enumerate(a.seeds):
         order = list(range(a.first, a.upto + 1))
         order = order[k % len(order):] + order[:k % len(order)]  # rotated per seed: drift spreads over variants
         for i in order:
-            report["runs"].append(_one(i, seed, a.target, extra, a.workdir))
+            report["runs"].append(_one(i, seed, a.target, extra, a.workdir, a.table))
             if a.json:  # after every run: a search cut short keeps what it measured
                 write_json(a.json, report)
     report["table"] = table(report["runs"], a.target)
-    text = markdown(report["table"], f"Ablation on the validation split, {report['date']}, {report['device']} "
-                                     f"({report['backend']}), seeds {a.seeds}; extra flags: {' '.join(extra) or '-'}")
+    text = markdown(report["table"], f"Ablation ({a.table}) on the validation split, {report['date']}, "
+                                     f"{report['device']} ({report['backend']}), seeds {a.seeds}; "
+                                     f"extra flags: {' '.join(extra) or '-'}")
     print(text)
     if a.json:
         write_json(a.json, report)
