@@ -120,8 +120,8 @@ def _se(p: float, n: int | None) -> float | None:
 
 def subset_sizes(results: dict[str, Any]) -> tuple[int | None, int | None]:
     """``(train-eval subset size, validation size)`` of a run: ``num_train_eval`` when recorded, else training's
-    rule (:func:`cnn_jax.train.train_eval_size`) for runs saved before it was, and ``num_val``."""
-    from cnn_jax.train import train_eval_size
+    rule (:func:`cnn_jax.loop.train_eval_size`) for runs saved before it was, and ``num_val``."""
+    from cnn_jax.loop import train_eval_size
 
     n_val, n_train = results.get("num_val"), results.get("num_train")
     n_te = results.get("num_train_eval")

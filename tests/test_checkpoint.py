@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from hooks import hooked
 from synthetic import make_data, train
 
 from cnn_jax import get_model
@@ -50,9 +51,9 @@ SPE = 2000 // 128  # steps per epoch
 
 def _interrupt(data_dir, workdir, run, sig, at_step, *extra, command=(str(SCRIPT),)) -> subprocess.CompletedProcess:
     """Run ``python <command> ARGS ...`` until the chunk that reaches global step ``at_step`` is done, where the run
-    gets ``sig`` (``CNN_JAX_TEST_SIGNAL_AT``: the same moment on any machine, however loaded)."""
+    gets ``sig`` (:func:`hooks.hooked`: the same moment on any machine, however loaded)."""
     cmd = [sys.executable, *command, *ARGS, "--workdir", str(workdir), "--run", run, *extra]
-    env = {**_env(data_dir), "CNN_JAX_TEST_SIGNAL_AT": f"{at_step}:{sig.name}"}
+    env = hooked(_env(data_dir), signal_at=f"{at_step}:{sig.name}")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from hooks import hooked
 from PIL import Image
 
 from cnn_jax.cli import main as run
-from cnn_jax.train import chunk_steps
+from cnn_jax.loop import chunk_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
@@ -69,7 +70,7 @@ def test_chunk_length_follows_the_clock():
 def test_bar_moves_within_an_epoch_on_a_terminal(fashion_tfds_dir, tmp_path):
     """An epoch of 31 steps slowed to >= 0.15 s each (>= 4.6 s on any machine, in ~1 s chunks): the bar shows
     images, img/s and an ETA several times before the epoch's line."""
-    env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.15"}
+    env = hooked(_env(fashion_tfds_dir), step_seconds=0.15)
     code, out = _on_terminal([sys.executable, str(SCRIPT), "--epochs", "1", "--limit", "4000", "--val-size",
                               "500", "--workdir", str(tmp_path)], env)
     assert code == 0, out[-3000:]

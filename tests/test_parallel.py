@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from hooks import hooked
 from synthetic import make_data
 
 from cnn_jax.config import Config, RunConfig, TrainConfig
@@ -101,16 +102,18 @@ def _env(data_dir: Path, devices: int = 1, **extra: str) -> dict[str, str]:
     return env
 
 
-def _launch(data_dir: Path, workdir: Path, processes: int, *extra: str, **env: str) -> list[subprocess.Popen]:
+def _launch(data_dir: Path, workdir: Path, processes: int, *extra: str, signal_at: str | None = None,
+            **env: str) -> list[subprocess.Popen]:
     """The README's multi-host command on ``processes`` local processes sharing ``workdir`` (``env``: more
-    environment for each)."""
+    environment for each; ``signal_at``: :func:`hooks.hooked`'s)."""
     port = _free_port()
     cmd = [sys.executable, str(SCRIPT), *ARGS, "--workdir", str(workdir), *extra]
     if processes > 1:
         cmd += ["--parallelism", "sharded", "--distributed"]
-    return [subprocess.Popen(cmd, env=_env(data_dir, CNN_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                                           CNN_JAX_NUM_PROCESSES=str(processes), CNN_JAX_PROCESS_ID=str(i), **env)
-                             if processes > 1 else _env(data_dir, **env), stdout=subprocess.PIPE,
+    return [subprocess.Popen(cmd, env=hooked(_env(data_dir, CNN_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                                  CNN_JAX_NUM_PROCESSES=str(processes), CNN_JAX_PROCESS_ID=str(i),
+                                                  **env) if processes > 1 else _env(data_dir, **env),
+                                         signal_at=signal_at), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(processes)]
 
 
@@ -170,7 +173,7 @@ def test_script_on_two_processes_shares_one_run_folder(two_processes, one_device
 def test_script_on_two_processes_sigterm_then_relaunch(fashion_tfds_dir, two_processes, one_device, tmp_path):
     # a preempted pod: every host gets SIGTERM, here at a known step (each process sends it to itself after
     # step 5 of 62), whatever the machine's speed; the hosts agree on the next sync point and all save there
-    procs = _launch(fashion_tfds_dir, tmp_path, 2, CNN_JAX_TEST_SIGNAL_AT="5:SIGTERM")
+    procs = _launch(fashion_tfds_dir, tmp_path, 2, signal_at="5:SIGTERM")
     (out0, _), _ = _wait(procs, codes=(143,))
     assert "SIGTERM: saved checkpoint at step" in out0 and "resume with the same command" in out0
     assert not (tmp_path / "lab" / "results.json").exists()

@@ -20,6 +20,7 @@ import inproc
 import jax
 import numpy as np
 import pytest
+from hooks import hooked
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "fashion_mnist.py"
@@ -145,7 +146,7 @@ def test_loading_never_writes_and_works_on_a_read_only_copy(fashion_tfds_dir, re
 # ---------------------------------------------------------------------- 2. one writer per folder
 def test_a_second_trainer_is_refused_and_a_dead_holder_is_taken_over(fashion_tfds_dir, tmp_path):
     long = ["--run", "r", "--epochs", "40"]
-    slow = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.5"}  # >= 300 s on any machine; stopped below
+    slow = hooked(_env(fashion_tfds_dir), step_seconds=0.5)  # >= 300 s on any machine; stopped below
     first = subprocess.Popen(_cmd(tmp_path, *long), env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     lock = tmp_path / "r" / ".lock"
@@ -246,7 +247,7 @@ def test_flipped_bytes_are_detected_and_load_falls_back(reference, tmp_path, whi
 
 def test_the_checkpoint_saved_just_before_a_sigkill_is_verified(fashion_tfds_dir, tmp_path):
     """A checkpoint's digest is written with it: the newest one at a SIGKILL is verified too."""
-    env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_SIGNAL_AT": f"{SPE + 3}:SIGKILL", "CNN_JAX_TEST_STEP_SECONDS": "0.2"}
+    env = hooked(_env(fashion_tfds_dir), signal_at=f"{SPE + 3}:SIGKILL", step_seconds=0.2)
     out = subprocess.run(_cmd(tmp_path, "--run", "k"), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     run_dir = tmp_path / "k"
@@ -429,7 +430,7 @@ def _assert_resumed_equals_reference(run_dir: Path, reference: Path) -> None:
 
 def test_sigkill_at_chosen_steps_then_resume_equals_the_uninterrupted_run(fashion_tfds_dir, reference, tmp_path):
     for step in KILL_STEPS:
-        env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_SIGNAL_AT": f"{step}:SIGKILL"}
+        env = hooked(_env(fashion_tfds_dir), signal_at=f"{step}:SIGKILL")
         out = subprocess.run(_cmd(tmp_path, "--run", "ref", "--keep", "4"), env=env, capture_output=True, text=True,
                              timeout=600)
         assert out.returncode == -signal.SIGKILL, (step, out.stderr[-3000:])
@@ -442,7 +443,7 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
                                                                              tmp_path):
     rng = random.Random(0)
     kills = 0
-    env = {**_env(fashion_tfds_dir), "CNN_JAX_TEST_STEP_SECONDS": "0.1"}  # >= 3 s of training on any machine
+    env = hooked(_env(fashion_tfds_dir), step_seconds=0.1)  # >= 3 s of training on any machine
     while kills < 10:
         proc = subprocess.Popen(_cmd(tmp_path, "--run", "ref", "--keep", "4"), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

