@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a whole run, and the preemption signal guard.
+"""Orbax checkpoints of a whole run.
 
 A checkpoint (Orbax step = global train step) holds two items:
 
@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ import orbax.checkpoint as ocp
 from cnn_jax.parallel import to_host
 
 __all__ = ["CheckpointError", "DiskFullError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer",
-           "StopSignal", "DIGEST", "content_digest", "is_disk_full", "quiet_disk_full"]
+           "DIGEST", "content_digest", "is_disk_full", "quiet_disk_full"]
 
 DIGEST = "cnn_jax_digest.json"  # checkpoints of older versions: the SHA-256 of their files, written after the save
 
@@ -156,6 +154,9 @@ class RunCheckpointer:
         errors, damaged = [], []
         _quiet_aborted_io()
         for s in candidates:
+            # its reads' errors are dropped from the moment they may surface (the garbage collector may log an
+            # unawaited one while the failing restore is still unwinding), and shown again once it has restored
+            _REPORTED_IO.paths.add(reads := f"{self.directory / str(s)}/")
             try:
                 out = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.PyTreeRestore(target), meta=ocp.args.JsonRestore()))
@@ -168,13 +169,13 @@ class RunCheckpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged; try the previous one
-                _REPORTED_IO.paths.add(f"{self.directory / str(s)}/")
                 gc.collect()  # its unawaited reads' errors, logged now (and dropped), not at a random later time
                 errors.append(f"step {s}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
                 damaged.append(s)
                 warnings.warn(f"checkpoint {self.directory / str(s)} is damaged ({errors[-1]}); "
                               "using the newest good one instead", stacklevel=2)
                 continue
+            _REPORTED_IO.paths.discard(reads)
             if not self.read_only:
                 for d in damaged:
                     self.manager.delete(d)
@@ -363,45 +364,3 @@ def quiet_disk_full() -> Iterator[None]:
         yield
     finally:
         absl_log.removeFilter(drop)
-
-
-class StopSignal:
-    """Context manager: SIGTERM/SIGINT set :attr:`requested` instead of killing the process, so the training
-    loop can finish its current chunk, save and exit; ``stop()`` says whether to. A second SIGINT raises
-    ``KeyboardInterrupt``.
-
-    ``preemption``: a multi-process run's ``CheckpointManager``. JAX's preemption service then watches
-    SIGTERM on every process and ``stop()`` is Orbax's ``reached_preemption``, true on all processes at the
-    same call; no handler is installed (every process must call ``stop()`` at the same points).
-    """
-
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
-                 preemption: ocp.CheckpointManager | None = None):
-        self.signals = () if preemption is not None else signals
-        self.preemption = preemption
-        self.requested: str | None = None
-        self._calls = 0
-        self._old: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        if self.preemption is not None:
-            self._calls += 1  # the sync id: the same sequence on every process
-            if self.requested is None and self.preemption.reached_preemption(self._calls):
-                self.requested = "SIGTERM"
-        return self.requested is not None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old.clear()

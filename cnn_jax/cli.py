@@ -22,7 +22,8 @@ from typing import Any
 from cnn_jax import parallel
 from cnn_jax.config import CHOICES, PRESETS, Config, ConfigError, ModelConfig, field_types, flag
 
-__all__ = ["ArgumentParser", "build_parser", "parse", "main", "run", "script_command"]
+__all__ = ["ArgumentParser", "build_parser", "parse", "main", "run", "script_command", "digits_plan", "DigitsPlan",
+           "STANDIN_RUNS", "STANDIN_VAL_SIZE"]
 
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}
 _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta": "flip; no names: none",
@@ -209,7 +210,7 @@ def main(dataset: str, argv: list[str] | None = None, command: list[str] | None 
         print(f"error: {e}; {then}.", file=sys.stderr)
         raise SystemExit(3) from None
     except KeyboardInterrupt:  # Ctrl-C before training started (preparing data), or a second one while saving
-        from cnn_jax.data.builders import close_progress_bars
+        from cnn_jax.signals import close_progress_bars
 
         close_progress_bars()
         print("error: interrupted (Ctrl-C); what was saved before is kept: run the same command again to go on",
@@ -225,9 +226,8 @@ def run(dataset: str, argv: list[str] | None = None, command: list[str] | None =
     """:func:`main` for any dataset, as ``cnn-jax train`` and the experiment scripts run it. EMNIST Digits may be
     the MNIST digits stand-in (``--source-dir``): it is then named as the stand-in and its runs go to their own
     folder (``checkpoints/mnist_digits_standin/`` unless ``--workdir``), with 1,000 validation images unless
-    ``--val-size`` (:func:`cnn_jax.data.standin.digits_plan`)."""
+    ``--val-size`` (:func:`digits_plan`)."""
     from cnn_jax.data import canonical_name
-    from cnn_jax.data.standin import digits_plan
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -247,3 +247,65 @@ def run(dataset: str, argv: list[str] | None = None, command: list[str] | None =
     if plan.record and results.get("test_accuracy") is not None:
         print(f"{plan.label}: test accuracy {results['test_accuracy']:.4f} (not EMNIST Digits; see docs/datasets.md)")
     return results
+
+
+# ------------------------------------------------------------------------ EMNIST Digits or its stand-in
+#: Validation images the experiment scripts hold out of a stand-in's 8,500 training images (the presets' 5,000
+#: would leave 3,500 to train on), unless a --val-size is given.
+STANDIN_VAL_SIZE = 1000
+#: The folder (beside ``emnist_digits``) for runs on a stand-in: never the folder of runs on NIST's files.
+STANDIN_RUNS = "mnist_digits_standin"
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsPlan:
+    """What an experiment script does for EMNIST Digits (:func:`digits_plan`)."""
+
+    record: dict[str, Any] | None  #: the stand-in record of the data a run would use; None: NIST's own files
+    args: list[str]  #: flags to add (a stand-in's validation size)
+    lines: list[str]  #: what to tell the user
+
+    @property
+    def folder(self) -> str:
+        """The folder (under checkpoints/) for runs on these data."""
+        return STANDIN_RUNS if self.record else "emnist_digits"
+
+    @property
+    def label(self) -> str:
+        return self.record["label"] if self.record else "EMNIST Digits"
+
+
+def digits_plan(flags: dict[str, Any], source_dir: str | None = None) -> DigitsPlan:
+    """What EMNIST Digits runs with ``flags`` (the experiment flags given, by field: ``{"data.source_dir": ...}``,
+    as :func:`cnn_jax.cli.given_flags` reads them) will train on: the prepared copy (under ``data.data_dir``, else
+    ``$TFDS_DATA_DIR``...) when there is one, else ``source_dir`` (default: ``data.source_dir``). On a stand-in,
+    runs go to their own folder (:attr:`DigitsPlan.folder`) and hold out :data:`STANDIN_VAL_SIZE` validation
+    images unless ``flags`` give ``data.val_size``."""
+    from cnn_jax.data.builders import builder_for, prepared_source
+    from cnn_jax.data.sources import read_provenance, source_record
+    from cnn_jax.data.standin import NAME
+
+    data_dir = flags.get("data.data_dir")
+    source_dir = source_dir or flags.get("data.source_dir")
+    record, prepared = None, False
+    try:
+        builder = builder_for(NAME, data_dir)
+        if builder.is_prepared():
+            record, prepared = prepared_source(builder.data_path), True
+        elif source_dir is not None:
+            record = source_record(read_provenance(NAME, source_dir))
+    except Exception:  # noqa: BLE001 - a bad data dir or files: the run itself says what is wrong
+        record = None
+    if record is None:
+        return DigitsPlan(None, [], [])
+    args, lines = [], [f"data: {record['label']}: {record['counts'][0]:,} train / {record['counts'][1]:,} test "
+                       "images, not EMNIST Digits (see docs/datasets.md)"]
+    if prepared:
+        where = "" if data_dir is None else f" --data-dir {data_dir}"
+        lines.append(f"it is the copy prepared in {builder.data_path}; to use NIST's EMNIST Digits instead: python -m "
+                     f"cnn_jax.data prepare {NAME} --from gzip.zip --replace{where}")
+    if "data.val_size" not in flags:
+        args = ["--val-size", str(STANDIN_VAL_SIZE)]
+        lines.append(f"holding out {STANDIN_VAL_SIZE:,} of its {record['counts'][0]:,} training images for "
+                     "validation (--val-size to choose)")
+    return DigitsPlan(record, args, lines)

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_text", "write_json", "atomic_path", "unwritable", "claim_folder", "owner", "NotOursError",
-           "MARKER", "RunLock", "RunLockedError"]
+__all__ = ["write_text", "write_json", "read_json", "atomic_path", "unwritable", "claim_folder", "owner",
+           "NotOursError", "MARKER", "RunLock", "RunLockedError"]
 
 #: The file that makes a folder ours: written (atomically) when we create or first fill the folder; JSON
 #: ``{"cnn_jax": kind}``. A folder without it is written into only while it is empty.
@@ -46,6 +46,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2))
+
+
+_RAISE = object()
+
+
+def read_json(path: str | os.PathLike, default: Any = _RAISE) -> Any:
+    """A JSON file's content. Missing or unreadable (not JSON, not UTF-8): ``default`` when given, else a
+    ``ValueError`` in one line naming the file and the reason."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        if default is not _RAISE:
+            return default
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
 
 
 def unwritable(folder: str | os.PathLike) -> str | None:

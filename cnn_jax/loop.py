@@ -19,9 +19,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnn_jax import parallel
-from cnn_jax.checkpoint import RunCheckpointer, StopSignal
+from cnn_jax.checkpoint import RunCheckpointer
 from cnn_jax.config import Config
 from cnn_jax.files import write_text
+from cnn_jax.signals import StopSignal
 from cnn_jax.train_state import TrainState
 from cnn_jax.trainer import Trainer
 

@@ -10,7 +10,6 @@ Process 0 decides what happens to the folder for every process (:func:`agree`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import jax
 import numpy as np
 
 from cnn_jax.checkpoint import DIGEST, CheckpointError, RunCheckpointer
-from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, write_json
+from cnn_jax.files import MARKER, NotOursError, RunLock, RunLockedError, claim_folder, owner, read_json, write_json
 
 __all__ = ["CKPT_SUBDIR", "CONFIG_FILE", "RESULTS_FILE", "has_checkpoints", "has_run", "saved_record",
-           "finished_without_checkpoints", "data_differences", "agree", "claim", "lock", "read_json"]
+           "finished_without_checkpoints", "data_differences", "agree", "claim", "lock"]
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILE = "config.json"
@@ -45,7 +44,7 @@ def finished_without_checkpoints(run_dir: Path) -> tuple[dict[str, Any], dict[st
     kept); None when the folder has no results. A run's results without a readable config are refused."""
     if has_checkpoints(run_dir) or not (run_dir / RESULTS_FILE).is_file():
         return None
-    results, config = read_json(run_dir / RESULTS_FILE), read_json(run_dir / CONFIG_FILE)
+    results, config = read_json(run_dir / RESULTS_FILE, None), read_json(run_dir / CONFIG_FILE, None)
     if not isinstance(results, dict) or not isinstance(config, dict):
         raise CheckpointError(f"{run_dir} holds the results of a finished run whose checkpoints are gone, and its "
                               f"{RESULTS_FILE if not isinstance(results, dict) else CONFIG_FILE} cannot be read; "
@@ -69,7 +68,7 @@ def saved_record(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None] 
                 continue
     finally:
         ckpt.close()
-    if isinstance(saved := read_json(run_dir / CONFIG_FILE), dict):
+    if isinstance(saved := read_json(run_dir / CONFIG_FILE, None), dict):
         return saved, None
     raise CheckpointError(f"{run_dir}: the config of its checkpoints cannot be read (every checkpoint's record "
                           f"is damaged and {CONFIG_FILE} is missing or damaged); nothing was changed there: pick "
@@ -127,9 +126,3 @@ def lock(run_dir: Path, is_main: bool, say: Callable) -> RunLock:
     return lock
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None if it is missing or unreadable (it is then written again)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

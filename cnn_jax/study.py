@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cnn_jax.cli import ArgumentParser, given_flags
+from cnn_jax.cli import ArgumentParser, digits_plan, given_flags
 from cnn_jax.cli import main as train
 from cnn_jax.report import ReportError, check_out, read_run, summarize, verdict_words, write_report
 
@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None, prog: str = "experiments/study.py") -> d
         p.error(f"--workdir {a.workdir}: {problem}; pick another --workdir")
     if a.emnist_source and not Path(a.emnist_source).exists():
         p.error(f"--emnist-source {a.emnist_source}: no such file or folder; {DIGITS_FROM}")
-    from cnn_jax.data.standin import digits_plan
-
     digits = digits_plan(given_flags("emnist/digits", a.flags), a.emnist_source)
     source = ["--source-dir", a.emnist_source] if a.emnist_source else []
     plan = [("fashion_mnist", "lab", "fashion_mnist", "Fashion-MNIST", []),

@@ -27,15 +27,15 @@ from cnn_jax.checkpoint import (
     DiskFullError,
     IncompatibleCheckpointError,
     RunCheckpointer,
-    StopSignal,
     is_disk_full,
     quiet_disk_full,
 )
 from cnn_jax.config import Config, differences
-from cnn_jax.files import write_json, write_text
+from cnn_jax.files import read_json, write_json, write_text
 from cnn_jax.loop import EpochLoop, StoppedError, train_eval_size
 from cnn_jax.results import finish
 from cnn_jax.run_folder import CKPT_SUBDIR, CONFIG_FILE, RESULTS_FILE
+from cnn_jax.signals import StopSignal
 from cnn_jax.trainer import NonFiniteLossError, Trainer, build_model, load_data, resolve_microbatch
 
 __all__ = ["train_and_evaluate", "StoppedError"]
@@ -69,8 +69,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     splits, preprocess, eval_preprocess = load_data(config)
     train, val, test = splits.train, splits.val, splits.test
     model = build_model(config, splits.num_classes, train.images.shape[1:])
-    config = resolve_microbatch(config, model)  # a new run: the rule, recorded below
     trainer = Trainer(model, config, len(train), train.images.shape[1:], preprocess, eval_preprocess)
+    config = trainer.config  # "auto" made concrete (a new run: the rule), recorded below
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
                "input_shape": list(train.images.shape[1:]), "source": splits.source, "label": splits.label,
@@ -97,7 +97,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 state = trainer.place_state(restored.state)
                 history, partial = restored.meta.get("history", []), restored.meta.get("epoch_progress")
                 done = (restored.step >= config.train.epochs * trainer.steps_per_epoch and partial is None
-                        and folder.read_json(run_dir / RESULTS_FILE))
+                        and read_json(run_dir / RESULTS_FILE, None))
                 if done:
                     say(f"{run_dir} is already complete ({len(history)} epochs); its results: "
                         f"{run_dir / RESULTS_FILE}. Pass --new-run (or another --run) to train again.")

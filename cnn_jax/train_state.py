@@ -93,14 +93,16 @@ def eval_params(params: Any, opt_state: Any) -> Any:
     return params
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum, then
-    (``cfg.ema``) the weights' moving average (:func:`ema_of_params`).
+def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedule | None = None
+                   ) -> optax.GradientTransformation:
+    """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum at the learning
+    rate ``schedule`` (default :func:`make_schedule` over ``total_steps``; a caller that logs the rate passes the
+    one it built), then (``cfg.ema``) the weights' moving average (:func:`ema_of_params`).
 
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
     before the optimizer); for ``adamw`` it is decoupled.
     """
-    lr = make_schedule(cfg, total_steps)
+    lr = make_schedule(cfg, total_steps) if schedule is None else schedule
     parts = []
     if cfg.clip is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip))

@@ -90,8 +90,9 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({num_train})")
         self.preprocess = preprocess or default_preprocess
         self.eval_preprocess = eval_preprocess or self.preprocess
-        self.tx = make_optimizer(cfg, self.steps_per_epoch * max(cfg.epochs, 1))
-        self.schedule = make_schedule(cfg, self.steps_per_epoch * max(cfg.epochs, 1))  # lr by step, as logged
+        total = self.steps_per_epoch * max(cfg.epochs, 1)
+        self.schedule = make_schedule(cfg, total)  # the learning rate by step: the optimizer's, and logged
+        self.tx = make_optimizer(cfg, total, schedule=self.schedule)
         self.pmap = run.parallelism == "pmap"
         devices = list(devices) if devices is not None else (jax.local_devices() if self.pmap else jax.devices())
         self.devices = devices[:1] if run.parallelism == "none" else devices

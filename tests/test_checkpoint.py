@@ -20,8 +20,9 @@ from hooks import hooked
 from synthetic import make_data, train
 
 from cnn_jax import get_model
-from cnn_jax.checkpoint import CheckpointError, RunCheckpointer, StopSignal
+from cnn_jax.checkpoint import CheckpointError, RunCheckpointer
 from cnn_jax.config import Config, RunConfig, TrainConfig, differences
+from cnn_jax.signals import StopSignal
 from cnn_jax.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

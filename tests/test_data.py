@@ -30,6 +30,7 @@ from cnn_jax.data import (
     split_validation,
 )
 from cnn_jax.data import builders as builders_mod
+from cnn_jax.data import network as network_mod
 from cnn_jax.data.__main__ import main as cli_main
 from cnn_jax.data.augment import channel_stats
 from cnn_jax.data.loading import CACHE_NAME
@@ -381,7 +382,7 @@ def test_download_offline_fails_fast(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(builders_mod.socket, "create_connection", no_network)
+    monkeypatch.setattr(network_mod.socket, "create_connection", no_network)
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotFoundError, match="cannot reach biometrics.nist.gov"):
         load("emnist/digits", data_dir=str(tmp_path / "d"), download=True)
@@ -437,7 +438,7 @@ def test_online_path_uses_download_manager(tmp_path, monkeypatch, name):
         def close(self):
             pass
 
-    monkeypatch.setattr(builders_mod.socket, "create_connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(network_mod.socket, "create_connection", lambda *a, **k: FakeConnection())
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
     monkeypatch.setitem(DATASETS, "fashion_mnist", dataclasses.replace(FASHION, default_dirs=()))
     with pytest.raises(DataSourceError, match="checksum mismatch|examples, expected"):  # verify=True: real sizes

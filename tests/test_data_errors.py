@@ -269,7 +269,7 @@ def test_ctrl_c_while_the_trainer_prepares_data_keeps_nothing(tmp_path):
 
 GC_CALLBACK_INTERRUPT = """
 import gc, os, signal
-from cnn_jax.data.builders import interruptible
+from cnn_jax.signals import interruptible
 
 def callback(phase, info):  # as JAX's gc callback: Ctrl-C lands while the garbage collector runs it
     if phase == "start" and not fired:

@@ -26,7 +26,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax.data import DataSourceError, load
-from cnn_jax.data.builders import MIRROR_ENV
+from cnn_jax.data.network import MIRROR_ENV
 from cnn_jax.data.sources import DATASETS
 
 ROOT = Path(__file__).parents[1]

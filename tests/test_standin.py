@@ -26,15 +26,12 @@ from hooks import NPM_INTEGRITY, hooked
 from synthetic import make_data
 from test_data import make_emnist_zip
 
-from cnn_jax.cli import given_flags
+from cnn_jax.cli import STANDIN_RUNS, STANDIN_VAL_SIZE, digits_plan, given_flags
 from cnn_jax.data import load, prepare
 from cnn_jax.data.idx import parse_idx
 from cnn_jax.data.sources import DATASETS, DataSourceError, read_provenance
 from cnn_jax.data.standin import (
-    STANDIN_RUNS,
-    STANDIN_VAL_SIZE,
     StandInError,
-    digits_plan,
     split_indices,
     write_standin,
 )

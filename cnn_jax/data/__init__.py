@@ -1,7 +1,8 @@
 """Datasets: raw IDX files, TFDS builders that need no TensorFlow, in-memory splits, augmentations.
 
 Modules: :mod:`~cnn_jax.data.idx` (IDX files), :mod:`~cnn_jax.data.sources` (finding/validating raw
-files), :mod:`~cnn_jax.data.builders` (TF-free TFDS builders, ``prepare``), :mod:`~cnn_jax.data.loading`
+files), :mod:`~cnn_jax.data.builders` (TF-free TFDS builders), :mod:`~cnn_jax.data.preparation` (``prepare``),
+:mod:`~cnn_jax.data.network` (download mirror, reachability), :mod:`~cnn_jax.data.loading`
 (``load``, decode cache), :mod:`~cnn_jax.data.splits` (arrays, the validation hold-out),
 :mod:`~cnn_jax.data.augment` (normalize, augmentations).
 CLI: ``python -m cnn_jax.data prepare fashion_mnist --from DIR [--data-dir D]``.
@@ -19,7 +20,7 @@ from typing import Any
 _WHERE = {
     **dict.fromkeys(("AUGMENTATIONS", "DEFAULT_AUGMENT", "NORM_STATS", "augment_for", "flips_allowed",
                      "make_augment", "normalize"), "augment"),
-    "prepare": "builders",
+    "prepare": "preparation",
     **dict.fromkeys(("IdxError", "parse_idx", "read_idx"), "idx"),
     **dict.fromkeys(("Splits", "load"), "loading"),
     **dict.fromkeys(("ArraySplit", "split_validation"), "splits"),

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 from cnn_jax.cli import ArgumentParser
-from cnn_jax.data.builders import builder_for, close_progress_bars, prepare
+from cnn_jax.data.builders import builder_for
 from cnn_jax.data.idx import IdxError
 from cnn_jax.data.loading import CACHE_NAME, load
+from cnn_jax.data.preparation import prepare
 from cnn_jax.data.sources import DatasetNotFoundError, DataSourceError, canonical_name
+from cnn_jax.signals import close_progress_bars
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cnn_jax.data") -> int:

@@ -3,7 +3,7 @@
 Flow of :func:`load`:
 
 1. prepared under the data dir (``data_dir`` / ``$TFDS_DATA_DIR`` / ``~/tensorflow_datasets``)? use it,
-   no network. Else prepare it (:func:`cnn_jax.data.builders.prepare`: local raw files, else a download
+   no network. Else prepare it (:func:`cnn_jax.data.preparation.prepare`: local raw files, else a download
    unless ``download=False``), or fail within seconds with a message saying what was tried and how to get it.
 2. decoded cache ``<prepared dir>/cnn_jax_decoded.npz`` valid for these shards? read it (well under a
    second). Else read both splits through ``tfds.data_source`` (array_record, PNG decoded by Pillow),
@@ -26,17 +26,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn_jax.data.builders import (
-    ORIENTATION_KEY,
-    check_data_dir,
-    check_interrupt,
-    check_same_source,
-    interruptible,
-    prepare,
-    prepared_source,
-)
+from cnn_jax.data.builders import ORIENTATION_KEY, prepared_source
+from cnn_jax.data.preparation import check_data_dir, check_same_source, prepare
 from cnn_jax.data.sources import DataSourceError, canonical_name, source_label
 from cnn_jax.data.splits import ArraySplit, split_validation
+from cnn_jax.signals import check_interrupt, interruptible
 
 __all__ = ["ArraySplit", "Splits", "load", "CACHE_NAME", "split_validation"]
 

