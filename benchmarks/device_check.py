@@ -444,7 +444,7 @@ def load_and_predict(config: Config, trainer: Trainer, state: Any, test: tuple[n
         predicted = loaded.predict(test[0])
         seconds = time.perf_counter() - t
     same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
-                        loaded.variables["params"], eval_params(host.params, host.opt_state))
+                        loaded.variables["params"], eval_params(host))
     same_weights = all(jax.tree.leaves(same))
     accuracy = float(np.mean(predicted == test[1]))
     ok = same_weights and abs(accuracy - evaluated) <= 1e-3 and loaded.step == step

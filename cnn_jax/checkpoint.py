@@ -3,10 +3,11 @@
 A checkpoint (Orbax step = global train step) holds two items:
 
 * ``state``: the :class:`~cnn_jax.train_state.TrainState` as host arrays (params, optimizer state with its
-  step count, batch-norm statistics, PRNG key as ``uint32[2]``, global step), so it restores onto any
-  device count and is placed afterwards (:meth:`cnn_jax.trainer.Trainer.place_state`);
-* ``meta`` (JSON): the run config, the dataset identity, epoch/step, the metrics history, and the partial
-  epoch's running sums when saved mid-epoch.
+  step count, batch-norm statistics, PRNG key as ``uint32[2]``, global step, the weights' average), so it
+  restores onto any device count and is placed afterwards (:meth:`cnn_jax.trainer.Trainer.place_state`);
+* ``meta`` (JSON): the run config, the dataset identity, epoch/step, the metrics history, the partial
+  epoch's running sums when saved mid-epoch, and the state's layout (``state_layout``: older checkpoints,
+  which have none, are read in theirs, :data:`~cnn_jax.train_state.STATE_LAYOUT`).
 
 Retention: the last ``keep`` checkpoints plus the best by ``val_accuracy``. Saves are asynchronous; Orbax
 writes into a temporary folder and renames it when complete, so a save that did not finish never counts.
@@ -40,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnn_jax.parallel import to_host
+from cnn_jax.train_state import STATE_LAYOUT, TrainState, from_legacy, legacy_layout, upgrade_saved
 
 __all__ = ["CheckpointError", "DiskFullError", "IncompatibleCheckpointError", "Restored", "RunCheckpointer",
            "DIGEST", "content_digest", "is_disk_full", "quiet_disk_full"]
@@ -136,7 +138,8 @@ class RunCheckpointer:
 
     def restore(self, abstract_state: Any = None, step: int | None = None, *, exact: bool = False) -> Restored:
         """Restore ``step`` (default: the latest) onto the structure of ``abstract_state`` (None: as saved,
-        nested dicts of numpy arrays).
+        nested dicts of numpy arrays). A state saved in an older layout (:data:`~cnn_jax.train_state.STATE_LAYOUT`)
+        comes back in today's.
 
         A damaged checkpoint (unreadable, missing files, bytes that differ from the digest recorded when it
         was saved, non-finite parameters) is reported in a one-line warning and the newest other good one
@@ -158,14 +161,18 @@ class RunCheckpointer:
             # unawaited one while the failing restore is still unwinding), and shown again once it has restored
             _REPORTED_IO.paths.add(reads := f"{self.directory / str(s)}/")
             try:
-                out = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(target), meta=ocp.args.JsonRestore()))
-                self._verify(s, out["state"], out["meta"])
+                meta = self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                legacy = isinstance(target, TrainState) and meta.get("state_layout", 1) < STATE_LAYOUT
+                saved_as = legacy_layout(target) if legacy else target
+                state = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(saved_as)))["state"]
+                self._verify(s, state, meta)
                 if target is not None:
-                    _check_structure(target, out["state"], s, self.directory)
-                if not all(np.isfinite(a).all() for a in jax.tree.leaves(out["state"])
+                    _check_structure(saved_as, state, s, self.directory)
+                if not all(np.isfinite(a).all() for a in jax.tree.leaves(state)
                            if np.issubdtype(np.asarray(a).dtype, np.floating)):
                     raise CheckpointError("non-finite parameters")
+                state = from_legacy(state) if legacy else upgrade_saved(state) if target is None else state
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means damaged; try the previous one
@@ -179,7 +186,7 @@ class RunCheckpointer:
             if not self.read_only:
                 for d in damaged:
                     self.manager.delete(d)
-            return Restored(out["state"], dict(out["meta"]), s)
+            return Restored(state, dict(meta), s)
         raise CheckpointError(f"{self.directory}: no usable checkpoint: " + "; ".join(errors))
 
     def _verify(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
@@ -216,6 +223,8 @@ class RunCheckpointer:
                                 "before are intact: free some space and run the same command to resume")
         metrics = {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v) and np.isfinite(v)}
         meta = {k: v for k, v in meta.items() if k != "digest"} | {"metrics": metrics}
+        if isinstance(state, TrainState):
+            meta["state_layout"] = STATE_LAYOUT  # how to read it back (older checkpoints have none)
         meta["digest"] = content_digest(state, meta)
         return bool(self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True))

@@ -154,8 +154,8 @@ class TrainConfig(_Section):
     ``"auto"`` (default): the fastest measured on the backend (:func:`cnn_jax.trainer.resolve_microbatch`: on CPU
     16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
     keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights.
-    ``ema``: decay of an exponential moving average of the weights, kept in the optimizer state and used for
-    every evaluation and prediction (None: off)."""
+    ``ema``: decay of an exponential moving average of the weights, kept in the train state (``TrainState.ema``)
+    and used for every evaluation and prediction (None: off)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3

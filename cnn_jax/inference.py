@@ -121,9 +121,8 @@ def load(path: str | os.PathLike, which: str | int = "best") -> LoadedModel:
         ckpt.close()
     config = Config.from_dict(restored.meta["config"])
     dataset = restored.meta["dataset"]
-    state = restored.state
-    variables = jax.device_put(model_variables(eval_params(state["params"], state.get("opt_state")),
-                                               state.get("batch_stats")))
+    state = restored.state  # as saved, in today's layout (RunCheckpointer.restore)
+    variables = jax.device_put(model_variables(eval_params(state), state.get("batch_stats")))
     model = bind(build_model(config, dataset["num_classes"], dataset["input_shape"]), variables["params"],
                  variables.get("batch_stats", {}))
     model.eval()

@@ -34,7 +34,7 @@ def finish(run: EpochLoop, state: TrainState, history: list[dict[str, Any]], sto
     confusion = np.asarray(ev["confusion"])
     per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
     host = trainer.host_state(state)
-    params = eval_params(host.params, host.opt_state)
+    params = eval_params(host)
     logits = eval_logits(trainer.model, params, host.batch_stats, normalize(held_out.images[:64], config.data.dataset),
                          config.data.tta, COMPUTE_DTYPES[config.train.precision])
     with_val = [h for h in history if h.get("val_accuracy") is not None]

@@ -21,7 +21,7 @@ from jax import lax
 
 from cnn_jax.backend import INFERENCE_IMPL
 from cnn_jax.config import PRECISIONS, TTA_NAMES
-from cnn_jax.train_state import TrainState, bind
+from cnn_jax.train_state import TrainState, bind, update_ema
 
 __all__ = ["Preprocess", "default_preprocess", "train_step", "train_chunk", "evaluate", "step_keys", "TTA_VIEWS",
            "tta_logits", "COMPUTE_DTYPES", "cast_params", "inference_model", "eval_logits"]
@@ -105,9 +105,10 @@ def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *, model: nnx.Module,
     tx: optax.GradientTransformation, preprocess: Preprocess = default_preprocess,
     label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32, axis_name: str | None = None,
-    microbatch: int | None = None,
+    microbatch: int | None = None, ema: float | None = None,
 ) -> tuple[TrainState, tuple[jax.Array, jax.Array, jax.Array]]:
-    """One optimizer step on a uint8 batch ``(B, H, W, C)`` with labels ``(B,)``.
+    """One optimizer step on a uint8 batch ``(B, H, W, C)`` with labels ``(B,)``; ``ema``: the decay of the
+    weights' moving average kept in ``state.ema`` (:func:`~cnn_jax.train_state.update_ema`).
 
     Returns ``(new_state, (loss, n_correct, finite))``. If the loss or the gradients are not finite the
     returned state *is* the input state (step not advanced), so the caller keeps the last good state.
@@ -161,7 +162,8 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=new_stats)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=new_stats,
+                        ema=state.ema if ema is None else update_ema(state.ema, params, state.step, ema))
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
     return new, (loss, correct, finite)
 

@@ -11,6 +11,7 @@ does with ``nnx.split``/``nnx.merge``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -21,22 +22,25 @@ from flax import nnx
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables", "EmaState",
-           "ema_of_params", "eval_params", "seed_keys", "model_state", "bind"]
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables", "update_ema",
+           "eval_params", "seed_keys", "model_state", "bind", "STATE_LAYOUT", "LegacyTrainState", "legacy_layout",
+           "from_legacy", "upgrade_saved"]
 
 
 @flax.struct.dataclass
 class TrainState:
     """``step``: int32 scalar (global train step); ``params``/``batch_stats``: model variables (f32 master
     weights; ``batch_stats`` is ``{}`` for models without batch norm); ``opt_state``: optax state;
-    ``key``: the run's root PRNG key (``uint32[2]``). Per-step dropout/augment keys and per-epoch shuffles
-    are derived from ``key`` with ``fold_in(step or epoch)``, so a state resumes deterministically."""
+    ``key``: the run's root PRNG key (``uint32[2]``); ``ema``: the weights' moving average (``train.ema``,
+    :func:`update_ema`; ``{}`` when off). Per-step dropout/augment keys and per-epoch shuffles are derived from
+    ``key`` with ``fold_in(step or epoch)``, so a state resumes deterministically."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     batch_stats: Any
     key: jax.Array
+    ema: Any = flax.struct.field(default_factory=dict)
 
 
 def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -55,49 +59,26 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=pct)
 
 
-class EmaState(NamedTuple):
-    """:func:`ema_of_params`'s state: ``count`` (int32, updates so far) and ``ema`` (the averaged params)."""
-
-    count: jax.Array
-    ema: Any
-
-
-def ema_of_params(decay: float) -> optax.GradientTransformation:
-    """Keeps an exponential moving average of the parameters after each update in its state (the updates pass
-    through unchanged): ``ema = d * ema + (1 - d) * new_params`` with ``d = min(decay, (1 + t) / (10 + t))``
-    at update ``t``, so early averages are not dominated by the initial weights. The last link of the chain;
-    :func:`eval_params` reads it."""
-
-    def init(params):
-        own = jax.tree.map(lambda p: jnp.array(p, copy=True), params)  # not the params' buffers (donation)
-        return EmaState(jnp.zeros((), jnp.int32), own)
-
-    def update(updates, state, params):
-        new = optax.apply_updates(params, updates)
-        d = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count)).astype(jnp.float32)
-        ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, new)
-        return updates, EmaState(state.count + 1, ema)
-
-    return optax.GradientTransformation(init, update)
+def update_ema(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """The weights' moving average after update ``step`` (0-based) gave ``params``: ``d * ema + (1 - d) * params``
+    with ``d = min(decay, (1 + step) / (10 + step))``, so early averages are not dominated by the initial
+    weights."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+    return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
 
 
-def eval_params(params: Any, opt_state: Any) -> Any:
-    """The weights to evaluate and predict with: the moving average when the optimizer keeps one
-    (``train.ema``), else ``params``. ``opt_state`` as trained (an optax chain state) or as restored without
-    a target (lists and dicts)."""
-    last = opt_state[-1] if isinstance(opt_state, tuple | list) and opt_state else None
-    if isinstance(last, EmaState):
-        return last.ema
-    if isinstance(last, dict) and set(last) == {"count", "ema"}:
-        return last["ema"]
-    return params
+def eval_params(state: TrainState | Mapping[str, Any]) -> Any:
+    """The weights to evaluate and predict with: the moving average when the run keeps one (``train.ema``),
+    else the params. ``state``: a :class:`TrainState`, or one restored as saved (a dict, :func:`upgrade_saved`)."""
+    params, ema = (state.params, state.ema) if isinstance(state, TrainState) else (state["params"], state.get("ema"))
+    return ema if ema else params
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedule | None = None
                    ) -> optax.GradientTransformation:
     """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum at the learning
     rate ``schedule`` (default :func:`make_schedule` over ``total_steps``; a caller that logs the rate passes the
-    one it built), then (``cfg.ema``) the weights' moving average (:func:`ema_of_params`).
+    one it built). The weights' average (``cfg.ema``) is the state's own field (:func:`update_ema`).
 
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
     before the optimizer); for ``adamw`` it is decoupled.
@@ -115,8 +96,6 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
             parts.append(optax.adam(lr))
         else:
             parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
-    if cfg.ema is not None:
-        parts.append(ema_of_params(cfg.ema))
     return optax.chain(*parts)
 
 
@@ -147,14 +126,68 @@ def bind(model: nnx.Module, params: Any, batch_stats: Any) -> nnx.Module:
     return nnx.merge(graphdef, p, s, rest)
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, ema: bool = False
+                       ) -> TrainState:
     """The model's variables (:func:`model_state`), their optimizer state, step 0 and the run key of ``seed``
-    (:func:`seed_keys`; the model was initialised from its ``init_key`` when built from a config)."""
+    (:func:`seed_keys`; the model was initialised from its ``init_key`` when built from a config); ``ema``: a
+    moving average of the weights, starting at them."""
     params, batch_stats = model_state(model)
+    average = jax.tree.map(lambda p: jnp.array(p, copy=True), params) if ema else {}  # own buffers (donation)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      batch_stats=batch_stats, key=seed_keys(seed)[1])
+                      batch_stats=batch_stats, key=seed_keys(seed)[1], ema=average)
 
 
 def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` (``batch_stats`` only when the model has any): a model's state in one dict."""
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+# ------------------------------------------------------------------------------- older checkpoints
+#: The layout of the state in a checkpoint (its meta's ``state_layout``): 2 since 2026-12-07, the weights'
+#: average the field ``ema``; 1 (no ``state_layout``) before, the average the optimizer chain's last state,
+#: ``{"count", "ema"}`` (``count`` = ``step``).
+STATE_LAYOUT = 2
+
+
+@flax.struct.dataclass
+class LegacyTrainState:
+    """:class:`TrainState` as layout 1 saved it: no ``ema`` field."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    batch_stats: Any
+    key: jax.Array
+
+
+class _LegacyEma(NamedTuple):
+    count: jax.Array
+    ema: Any
+
+
+def legacy_layout(state: TrainState) -> LegacyTrainState:
+    """``state`` (arrays or shapes) as layout 1 held it: the restore target of an older checkpoint."""
+    opt_state = state.opt_state
+    if state.ema:
+        opt_state = (*opt_state, _LegacyEma(state.step, state.ema))  # its count: an int32 scalar, the step
+    return LegacyTrainState(state.step, state.params, opt_state, state.batch_stats, state.key)
+
+
+def from_legacy(old: LegacyTrainState) -> TrainState:
+    """A layout-1 state (:func:`legacy_layout`'s structure) as a :class:`TrainState`."""
+    opt_state, ema = old.opt_state, {}
+    if opt_state and isinstance(opt_state[-1], _LegacyEma):
+        opt_state, ema = tuple(opt_state[:-1]), opt_state[-1].ema
+    return TrainState(old.step, old.params, opt_state, old.batch_stats, old.key, ema)
+
+
+def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A state restored as saved (nested dicts and lists), in today's layout: a layout-1 average (the optimizer
+    state's last entry ``{"count", "ema"}``) moved to ``ema``."""
+    if "ema" in saved:
+        return saved
+    opt_state, ema = saved.get("opt_state"), {}
+    if isinstance(opt_state, list | tuple) and opt_state and isinstance(opt_state[-1], dict) and set(
+            opt_state[-1]) == {"count", "ema"}:
+        opt_state, ema = list(opt_state[:-1]), opt_state[-1]["ema"]
+    return {**saved, "opt_state": opt_state, "ema": ema}

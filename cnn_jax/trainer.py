@@ -112,11 +112,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ placement
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the state (no compute): the target of a checkpoint restore."""
-        return jax.eval_shape(lambda: create_train_state(self.model, self.tx, self.cfg.seed))
+        return jax.eval_shape(lambda: create_train_state(self.model, self.tx, self.cfg.seed, self.cfg.ema is not None))
 
     def init_state(self) -> TrainState:
         """Fresh state: the model's initial variables and the run key of ``train.seed``, placed."""
-        return self.place_state(create_train_state(self.model, self.tx, self.cfg.seed))
+        return self.place_state(create_train_state(self.model, self.tx, self.cfg.seed, self.cfg.ema is not None))
 
     def place_state(self, state: TrainState) -> TrainState:
         """Host (or device) state -> replicated on the mesh, or stacked per device for ``pmap``."""
@@ -146,7 +146,7 @@ class Trainer:
         step_fn = functools.partial(
             train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
             compute_dtype=COMPUTE_DTYPES[cfg.precision], axis_name=axis,
-            microbatch=cfg.microbatch)
+            microbatch=cfg.microbatch, ema=cfg.ema)
         kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
         if self.pmap:
             kw.update(local_batch=cfg.batch_size // len(self.devices), axis_name=axis)
@@ -170,7 +170,7 @@ class Trainer:
 
         def fn(state, images, labels):
             self.trace_counts["evaluate"] += 1
-            state = state.replace(params=eval_params(state.params, state.opt_state))  # the weights' average
+            state = state.replace(params=eval_params(state))  # the weights' average, when kept
             return evaluate(state, images, labels, **kw)
 
         rep = parallel.replicated(self.mesh)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import runpy
+import shutil
+import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from synthetic import make_data, train
@@ -19,7 +20,7 @@ from synthetic import make_data, train
 from cnn_jax.checkpoint import RunCheckpointer
 from cnn_jax.config import PRESETS, Config, ConfigError, ModelConfig, RunConfig, TrainConfig, differences
 from cnn_jax.models import ResNet
-from cnn_jax.train_state import ema_of_params, eval_params
+from cnn_jax.train_state import TrainState, eval_params, legacy_layout, update_ema
 from cnn_jax.trainer import Trainer, build_model, preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,17 +40,30 @@ def _trainer(parallelism: str = "none", ema: float | None = 0.9, model: nnx.Modu
 
 
 def test_ema_follows_its_formula():
-    params = {"w": jnp.zeros(3)}
-    tx = optax.chain(optax.sgd(1.0), ema_of_params(0.9))
-    state, p, ema = tx.init(params), params, np.zeros(3)
+    average, expected = {"w": jnp.zeros(3)}, np.zeros(3)
     for t in range(20):
-        updates, state = tx.update({"w": jnp.full(3, -1.0)}, state, p)  # each step adds 1
-        p = optax.apply_updates(p, updates)
+        p = {"w": jnp.full(3, t + 1.0)}  # each step adds 1
+        average = update_ema(average, p, jnp.int32(t), 0.9)
         d = min(0.9, (1 + t) / (10 + t))
-        ema = d * ema + (1 - d) * np.asarray(p["w"])
-    np.testing.assert_allclose(state[-1].ema["w"], ema, rtol=1e-6)
-    assert float(p["w"][0]) == 20 and 10 < float(state[-1].ema["w"][0]) < 20  # lags behind the weights
-    assert eval_params(p, state) is state[-1].ema and eval_params(p, state[:-1]) is p
+        expected = d * expected + (1 - d) * np.asarray(p["w"])
+    np.testing.assert_allclose(average["w"], expected, rtol=1e-6)
+    assert 10 < float(average["w"][0]) < 20  # lags behind the weights
+    state = TrainState(step=jnp.int32(20), params=p, opt_state=(), batch_stats={}, key=jnp.zeros(2, jnp.uint32),
+                       ema=average)
+    assert eval_params(state) is average and eval_params(state.replace(ema={})) is p
+    assert eval_params({"params": p, "ema": average}) is average and eval_params({"params": p, "ema": {}}) is p
+
+
+def test_a_step_keeps_the_average_in_the_state():
+    t = _trainer()
+    before = t.host_state(t.init_state())
+    after = t.host_state(t.train_chunk(t.init_state(), t.put_data(*DATA), 1)[0])
+    expected = update_ema(before.ema, after.params, before.step, 0.9)  # outside jit: rounding may differ
+    for x, y in zip(jax.tree.leaves(after.ema), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    moved = zip(jax.tree.leaves(after.ema), jax.tree.leaves(after.params), strict=True)
+    assert not all(np.array_equal(x, y) for x, y in moved)  # an average, not the weights
+    assert jax.tree.leaves(_trainer(ema=None).init_state().ema) == []  # off: no average kept
 
 
 def test_evaluation_uses_the_moving_average():
@@ -58,9 +72,8 @@ def test_evaluation_uses_the_moving_average():
     host, data = t.host_state(state), t.put_data(*DATA, for_eval=True)
     got = t.evaluate(state, data)
     # the params replaced by their average: the same figures; the average replaced by the params: others
-    ref = t.evaluate(t.place_state(host.replace(params=host.opt_state[-1].ema)), data)
-    raw = t.evaluate(t.place_state(host.replace(
-        opt_state=(*host.opt_state[:-1], host.opt_state[-1]._replace(ema=host.params)))), data)
+    ref = t.evaluate(t.place_state(host.replace(params=host.ema)), data)
+    raw = t.evaluate(t.place_state(host.replace(ema=host.params)), data)
     assert got["loss"] == ref["loss"] and got["loss"] != raw["loss"]
     assert t.trace_counts == {"train_chunk": 1, "evaluate": 1}  # compiled once for all of these
 
@@ -78,7 +91,42 @@ def test_ema_state_survives_a_checkpoint_and_resumes_bit_identically(tmp_path):
     assert int(got.step) == int(expected.step) == 16
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(got.opt_state[-1].ema["Dense_0"]["kernel"], got.params["Dense_0"]["kernel"])
+    assert not np.array_equal(got.ema["Dense_0"]["kernel"], got.params["Dense_0"]["kernel"])
+
+
+@pytest.mark.parametrize("ema", [0.9, None])
+def test_checkpoints_of_the_older_layout_load_and_resume(tmp_path, ema):
+    """Before 2026-12-07 the weights' average was the optimizer chain's last state (layout 1). Checkpoints that
+    code saved (tests/data/state-layout-1, made by its make.py) restore into today's state, array for array, for
+    training and for predictions; one more epoch from them gives what that code gave (bit for bit on the machine
+    that made them, with one CPU device; within rounding here, where conftest.py makes 8)."""
+    name = "ema" if ema else "no-ema"
+    fixture = ROOT / "tests" / "data" / "state-layout-1"
+    shutil.copytree(fixture / name, tmp_path / name)  # a writable checkpointer deletes what it cannot read
+    ck = RunCheckpointer(tmp_path / name)
+    raw = RunCheckpointer(fixture / name, read_only=True)
+    t = _trainer(ema=ema)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not taken for a damaged checkpoint: read in its own layout
+        restored = ck.restore(t.abstract_state())
+        as_saved = raw.restore(None).state  # what cnn_jax.load reads: in today's layout too
+    assert restored.step == 8 and "state_layout" not in restored.meta
+    assert set(as_saved) == {"step", "params", "opt_state", "batch_stats", "key", "ema"}
+    for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(
+            TrainState(**{k: as_saved[k] for k in ("step", "params", "batch_stats", "key", "ema")},
+                       opt_state=jax.tree.unflatten(jax.tree.structure(restored.state.opt_state),
+                                                    jax.tree.leaves(as_saved["opt_state"])))), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert bool(jax.tree.leaves(restored.state.ema)) == bool(ema)
+    got = t.host_state(train(t, DATA, 1, t.place_state(restored.state)))
+    saved = np.load(fixture / f"{name}-after-one-more-epoch.npz")  # that code's state's leaves, in its order
+    old = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    for x, y in zip(jax.tree.leaves(legacy_layout(got)), old, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    ck.close()
+    raw.close()
+
+
 
 
 @pytest.mark.parametrize("parallelism", ["sharded", "pmap"])
@@ -171,5 +219,5 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
     run_dir = Path(report["runs"][-1]["run_dir"])
     state = RunCheckpointer(run_dir / "ckpt", read_only=True).restore(None).state
     loaded = load(run_dir, "latest").variables["params"]  # predictions use the weights' average
-    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["opt_state"][-1]["ema"]), strict=True):
+    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["ema"]), strict=True):
         np.testing.assert_array_equal(x, y)
