@@ -183,6 +183,17 @@ def test_config_checks_and_older_records():
     assert differences(saved, Config(train=TrainConfig(ema=0.99))) == ["train.ema: saved None, now 0.99"]
 
 
+def test_ablation_tables_add_variants_cumulatively_or_one_at_a_time():
+    """``--table issue22``: variant i has the flags of variants 0..i; ``issue38``: variant 0's and its own."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    cumulative, alone = mod["VARIANTS"], mod["ON_FAST"]
+    assert mod["flags_upto"](2) == [*cumulative[0][1], *cumulative[1][1], *cumulative[2][1]]
+    assert mod["flags_upto"](0, "issue38") == alone[0][1]
+    assert mod["flags_upto"](2, "issue38") == [*alone[0][1], *alone[2][1]]
+    with pytest.raises(SystemExit):  # past the table's end
+        mod["main"](["--table", "issue38", "--upto", str(len(alone))])
+
+
 def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
     """``--first I --upto J``: variants I..J run (validation only: the test split is never evaluated), each in its
     own run folder with the flags of every variant before it; the table's figures come from the runs' own records.

@@ -22,11 +22,20 @@ from cnn_jax.report.markdown import MARKDOWN_MARK, TABLE_COLUMNS, render
 from cnn_jax.report.output import REPORT_KIND, check_out, report_data, report_paths, write_report
 from cnn_jax.report.prose import conclusion, verdict_words
 from cnn_jax.report.runs import ReportError, Run, dataset_label, read_run, summarize
-from cnn_jax.report.statistics import beyond_noise, margin, overfitting, overfitting_comparison, subset_sizes
+from cnn_jax.report.statistics import (
+    NOISE_SE,
+    TIE_POINTS,
+    beyond_noise,
+    margin,
+    overfitting,
+    overfitting_comparison,
+    subset_sizes,
+)
 
 __all__ = ["ReportError", "Run", "read_run", "summarize", "overfitting", "overfitting_comparison", "margin",
            "beyond_noise", "subset_sizes", "dataset_label", "verdict_words", "conclusion", "render", "report_data",
-           "report_paths", "check_out", "write_report", "main", "MARKDOWN_MARK", "REPORT_KIND", "TABLE_COLUMNS"]
+           "report_paths", "check_out", "write_report", "main", "MARKDOWN_MARK", "REPORT_KIND", "TABLE_COLUMNS",
+           "NOISE_SE", "TIE_POINTS"]
 
 
 def main(argv: list[str] | None = None, prog: str = "experiments/compare.py") -> int:
