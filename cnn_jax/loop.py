@@ -87,6 +87,7 @@ class EpochLoop:
         return step
 
     def _stopped(self, step: int) -> StoppedError:
+        """The error that ends a stopped run, once its checkpoint at ``step`` is written."""
         self.ckpt.wait()
         return StoppedError(self.stop.requested, step)
 
@@ -173,9 +174,7 @@ class EpochLoop:
                             acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}", refresh=False)
             bar.update(steps * cfg.batch_size)
             if done < spe and self.stop():  # mid-epoch: keep the epoch's running sums
-                self.ckpt.wait()
-                raise StoppedError(self.stop.requested,
-                                   self.save(state, history, {**sums, "seconds": time.perf_counter() - t0}))
+                raise self._stopped(self.save(state, history, {**sums, "seconds": time.perf_counter() - t0}))
         return state, {**sums, "seconds": time.perf_counter() - t0}
 
     def _evaluate(self, state, epoch: int, sums: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
