@@ -41,6 +41,11 @@ ON_FAST: list[tuple[str, list[str]]] = [
     ("fast preset, 8 epochs", ["--preset", "fast", "--epochs", "8"]),
     ("+ weight average (EMA 0.99)", ["--ema", "0.99"]),
     ("+ label smoothing 0.2 (fast: 0.05)", ["--label-smoothing", "0.2"]),
+    ("+ 2x2 patch stem (no 28x28 layer)", ["--stem", "patch"]),
+    ("+ 2x2 patch stem, widths 32-32-64-128", ["--stem", "patch", "--widths", "32", "32", "64", "128"]),
+    ("+ alternating flips (fast: random)", ["--augment", "translate", "altflip"]),
+    ("+ Dirac initialisation after the stem", ["--init", "dirac"]),
+    ("+ one-cycle warm-up 10% of the steps (fast: 25%)", ["--warmup-steps", "343"]),
 ]
 #: ``name: (variants, cumulative)``.
 TABLES: dict[str, tuple[list[tuple[str, list[str]]], bool]] = {"issue22": (VARIANTS, True), "issue38": (ON_FAST, False)}

@@ -117,7 +117,7 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
           ) -> tuple[Config, Path, argparse.Namespace]:
     """``(config, run folder, args)`` from the command line, checked before any work (one-line errors);
     ``prog``: the command's name in messages (default: the experiment script's)."""
-    from cnn_jax.data import canonical_name, flips_allowed
+    from cnn_jax.data import FLIPS, canonical_name, flips_allowed
     from cnn_jax.run_folder import has_checkpoints, has_run
 
     parser = build_parser(dataset, prog)
@@ -128,7 +128,7 @@ def parse(dataset: str, argv: list[str] | None = None, prog: str | None = None
     try:
         dataset = canonical_name(dataset)
         config = PRESETS[args.preset]
-        views = {k: tuple(v for v in getattr(config.data, k) if flips_allowed(dataset) or v != "flip")
+        views = {k: tuple(v for v in getattr(config.data, k) if flips_allowed(dataset) or v not in FLIPS)
                  for k in ("augment", "tta")}  # a preset's flips never apply to digits
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset, **views))
         if overrides.get("model.name", config.model.name) != config.model.name:  # another model: its defaults

@@ -26,7 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("f32", "bf16")
 #: Test-time augmentation views by name (their transforms: :data:`cnn_jax.steps.TTA_VIEWS`).
-TTA_NAMES = ("flip",)
+TTA_NAMES = ("flip", "shift")
 #: Seeds are ``uint32``: ``jax.random.PRNGKey`` wraps larger ones (2**32 gives seed 0's key).
 SEED_LIMIT = 2**32
 PARALLELISMS = ("none", "sharded", "pmap")
@@ -88,7 +88,7 @@ class DataConfig(_Section):
     verify: bool = field(default=True, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
-        from cnn_jax.data import AUGMENTATIONS, canonical_name, flips_allowed
+        from cnn_jax.data import AUGMENTATIONS, EPOCH_AUGMENTATIONS, FLIPS, canonical_name, flips_allowed
 
         try:
             object.__setattr__(self, "dataset", canonical_name(self.dataset))
@@ -96,13 +96,15 @@ class DataConfig(_Section):
             raise ConfigError(str(e)) from None
         _check("data", "val_size", self.val_size >= 0, "must be >= 0", self.val_size)
         _check("data", "limit", self.limit is None or self.limit > 0, "must be > 0", self.limit)
-        for name, known in (("augment", AUGMENTATIONS), ("tta", TTA_NAMES)):
+        for name, known in (("augment", {**AUGMENTATIONS, **EPOCH_AUGMENTATIONS}), ("tta", TTA_NAMES)):
             views = getattr(self, name)
             unknown = [v for v in views if v not in known]
             if unknown:
                 raise ConfigError(f"{flag('data.' + name)}: unknown {unknown}; choose from {sorted(known)}")
-            if "flip" in views and not flips_allowed(self.dataset):
-                raise ConfigError(f"{flag('data.' + name)}: flip changes a digit's meaning; drop it for {self.dataset}")
+            flips = [v for v in views if v in FLIPS]
+            if flips and not flips_allowed(self.dataset):
+                raise ConfigError(f"{flag('data.' + name)}: {flips[0]} changes a digit's meaning; drop it for "
+                                  f"{self.dataset}")
 
 
 def _parameters(factory: Any) -> set[str] | None:
@@ -123,9 +125,11 @@ class ModelConfig(_Section):
     dense: int | None = None
     dropout: float | None = None
     conv_dropout: float | None = None
+    stem: str | None = None
+    init: str | None = None
 
     def __post_init__(self) -> None:
-        from cnn_jax.models import MODELS
+        from cnn_jax.models import INITS, MODELS, STEMS
 
         if self.name not in MODELS:
             raise ConfigError(f"--model: unknown model {self.name!r}; choose from {sorted(MODELS)}")
@@ -135,6 +139,8 @@ class ModelConfig(_Section):
         _check("model", "widths", self.widths is None or (len(self.widths) > 0 and min(self.widths) >= 1),
                "must be one or more numbers >= 1", self.widths)
         _check("model", "dense", self.dense is None or self.dense >= 1, "must be >= 1", self.dense)
+        _check("model", "stem", self.stem is None or self.stem in STEMS, f"must be one of {STEMS}", self.stem)
+        _check("model", "init", self.init is None or self.init in INITS, f"must be one of {INITS}", self.init)
         takes = _parameters(MODELS[self.name])
         for key in self.kwargs():
             if takes is not None and key not in takes:

@@ -26,7 +26,7 @@ from flax import nnx
 
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
-__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal"]
+__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal", "dirac"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -51,6 +51,15 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32)
     n = math.prod(shape)
     stddev = jnp.sqrt(jnp.array(1.0 / (n // shape[-1]), dtype)) / jnp.array(.87962566103423978, dtype)
     return _first_scaled(_truncated_normal_draws(key, 1 << (n - 1).bit_length(), dtype), stddev, shape)
+
+
+def dirac(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """An HWIO kernel whose first ``min(in, out)`` filters are the identity (``out[j] = in[j]`` at the centre tap:
+    Dirac initialisation, as airbench's) and whose others are :func:`lecun_normal`."""
+    kh, kw, cin, cout = shape
+    m = min(cin, cout)
+    identity = jnp.zeros((kh, kw, cin, m), dtype).at[kh // 2, kw // 2, :m, :m].set(jnp.eye(m, dtype=dtype))
+    return lecun_normal(key, shape, dtype).at[..., :m].set(identity)
 
 
 class Conv(nnx.Module):
@@ -171,22 +180,32 @@ class ResNet(_Named):
 
     Stem: Conv(``widths[0]``, 3x3, SAME) -> BN -> ReLU. Then for each later width ``w`` (stage ``i`` = 1, 2, ...):
     Conv(w) -> MaxPool 2 -> BN -> ReLU (28 -> 14 -> 7 -> 3), and on the stages in ``residual`` a block
-    ``x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))``. Then global max pool -> Dropout -> Dense(num_classes), the logits
-    multiplied by ``logit_scale`` (small logits train faster with a high learning rate). Convs have no bias.
+    ``x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))``. ``stem="patch"``: the stem is a 2x2 stride-2 convolution (each
+    2x2 patch to ``widths[0]`` channels: 28 -> 14 at once) and stage 1 does not pool, so no layer runs at 28x28.
+    ``init="dirac"``: every convolution after the stem starts as the identity on its first channels (:func:`dirac`).
+    Then global max pool -> Dropout -> Dense(num_classes), the logits multiplied by ``logit_scale`` (small logits
+    train faster with a high learning rate). Convs have no bias.
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128, 256),
                  residual: Sequence[int] = (1, 3), dropout: float = 0.0, logit_scale: float = 0.125,
                  impl: str | None = None, bn_axis_name: str | None = None, momentum: float = 0.9,
-                 input_shape: Sequence[int] = (28, 28, 1), *, rngs: nnx.Rngs):
+                 stem: str = "conv", init: str = "lecun", input_shape: Sequence[int] = (28, 28, 1), *,
+                 rngs: nnx.Rngs):
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose from {STEMS}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {INITS}")
         self.num_classes, self.widths, self.residual = num_classes, tuple(widths), tuple(residual)
-        self.dropout, self.logit_scale, self.impl = dropout, logit_scale, impl
+        self.dropout, self.logit_scale, self.impl, self.stem_kind = dropout, logit_scale, impl, stem
 
-        def conv_bn(cin: int, cout: int) -> tuple[str, str]:
-            return (self._add("Conv", Conv(cin, cout, padding="SAME", use_bias=False, impl=impl, rngs=rngs)),
-                    self._add("BatchNorm", _batch_norm(cout, momentum, bn_axis_name, rngs)))
+        def conv_bn(cin: int, cout: int, **kw: Any) -> tuple[str, str]:
+            kw = {"padding": "SAME", "kernel_init": dirac if init == "dirac" else lecun_normal, **kw}
+            conv = Conv(cin, cout, use_bias=False, impl=impl, rngs=rngs, **kw)
+            return self._add("Conv", conv), self._add("BatchNorm", _batch_norm(cout, momentum, bn_axis_name, rngs))
 
-        self.stem = conv_bn(input_shape[-1], self.widths[0])
+        patch = dict(kernel_size=(2, 2), strides=2, padding="VALID") if stem == "patch" else {}
+        self.stem = conv_bn(input_shape[-1], self.widths[0], kernel_init=lecun_normal, **patch)
         stages = []
         for i, (cin, w) in enumerate(zip(self.widths, self.widths[1:], strict=False), start=1):
             first = conv_bn(cin, w)
@@ -202,13 +221,18 @@ class ResNet(_Named):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
         x = jax.nn.relu(self._conv_bn(self.stem, x))
-        for first, block in self.stages:
-            x = jax.nn.relu(self._conv_bn(first, x, pool=True))
+        for i, (first, block) in enumerate(self.stages):
+            x = jax.nn.relu(self._conv_bn(first, x, pool=i > 0 or self.stem_kind == "conv"))
             if block:
                 x = x + jax.nn.relu(self._conv_bn(block[1], jax.nn.relu(self._conv_bn(block[0], x))))
         x = self._run("Dropout_0", jnp.max(x, axis=(1, 2)), rngs=rngs)
         return self._run("Dense_0", x) * self.logit_scale
 
+
+#: :class:`ResNet`'s stems: ``conv`` (3x3 at full resolution), ``patch`` (2x2 stride 2: half resolution at once).
+STEMS = ("conv", "patch")
+#: :class:`ResNet`'s initialisations of the convolutions after the stem.
+INITS = ("lecun", "dirac")
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNCNN, "resnet": ResNet}
 

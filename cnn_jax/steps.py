@@ -35,18 +35,29 @@ def default_preprocess(key: jax.Array, images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) * (1.0 / 255.0)
 
 
-#: Test-time augmentation views: name -> NHWC batch transform. Logits are averaged over the image and its views.
-TTA_VIEWS: dict[str, Callable[[jax.Array], jax.Array]] = dict(zip(TTA_NAMES, (lambda x: x[:, :, ::-1, :],),
-                                                                  strict=True))
+def _shifts(x: jax.Array) -> list[jax.Array]:
+    """``x`` ``(B, H, W, C)`` moved one pixel up-left and one down-right, edges repeated."""
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    return [padded[:, 2:h + 2, 2:w + 2], padded[:, :h, :w]]
+
+
+#: Test-time augmentation: name -> the extra views of an NHWC batch. The views of several names multiply:
+#: ``("flip", "shift")`` is the image, its mirror, and both moved a pixel each way (6). Logits are averaged.
+TTA_VIEWS: dict[str, Callable[[jax.Array], list[jax.Array]]] = dict(zip(
+    TTA_NAMES, (lambda x: [x[:, :, ::-1, :]], _shifts), strict=True))
 
 
 def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: Sequence[str] = ()) -> jax.Array:
-    """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (e.g. ``("flip",)``: the mirror
-    image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
-    out = apply(x).astype(jnp.float32)
+    """Mean of ``apply`` over ``x`` ``(B, H, W, C)`` and its ``tta`` views (:data:`TTA_VIEWS`; e.g.
+    ``("flip",)``: the mirror image too); ``apply(x)`` returns logits ``(B, num_classes)``. No views: ``apply(x)``."""
+    views = [x]
     for t in tta:
-        out = out + apply(TTA_VIEWS[t](x)).astype(jnp.float32)
-    return out / (1 + len(tta))
+        views += [v for view in views for v in TTA_VIEWS[t](view)]
+    out = apply(views[0]).astype(jnp.float32)
+    for v in views[1:]:
+        out = out + apply(v).astype(jnp.float32)
+    return out / len(views)
 
 
 #: ``train.precision`` -> the dtype activations and (cast copies of the) params are computed in. Master weights,
@@ -172,6 +183,7 @@ def train_chunk(
     state: TrainState, images: jax.Array, labels: jax.Array, *, step_fn: Callable, steps: int | jax.Array,
     steps_per_epoch: int, global_batch: int, local_batch: int | None = None, axis_name: str | None = None,
     batch_sharding: Any = None, totals: tuple[jax.Array, jax.Array] | None = None,
+    epoch_augment: Callable[..., jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``steps`` train steps fused in one loop, all within the epoch ``state.step // steps_per_epoch``.
 
@@ -183,11 +195,15 @@ def train_chunk(
     summed metrics: ``loss_sum`` (float32, over good steps), ``correct``, ``good_steps``, ``bad_step`` (first
     non-finite step, or -1). ``totals``: the epoch's ``(loss_sum, correct)`` so far, carried on: the sum is
     then the same sequence of float32 additions however the epoch is cut into chunks (or resumed).
+    ``epoch_augment``: ``fn(key, uint8 batch, example indices, epoch)`` applied to each batch before the step
+    (:data:`cnn_jax.data.augment.EPOCH_AUGMENTATIONS`), its key the same for the whole run.
     """
     n = images.shape[0]
     local_batch = local_batch or global_batch
     shuffle_root, _, _ = step_keys(state)
-    perm = jax.random.permutation(jax.random.fold_in(shuffle_root, state.step // steps_per_epoch), n)
+    epoch = state.step // steps_per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), n)
+    epoch_key = jax.random.split(shuffle_root)[0]  # not a fold_in(shuffle_root, epoch) of the shuffles
     offset = lax.axis_index(axis_name) * local_batch if axis_name is not None else 0
 
     def body(_, carry):
@@ -195,6 +211,8 @@ def train_chunk(
         start = (st.step % steps_per_epoch) * global_batch + offset
         idx = lax.dynamic_slice(perm, (start,), (local_batch,))
         x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
+        if epoch_augment is not None:
+            x = epoch_augment(epoch_key, x, idx, epoch)
         if batch_sharding is not None:
             x, y = lax.with_sharding_constraint((x, y), batch_sharding)
         new, (loss, c, ok) = step_fn(st, x, y)

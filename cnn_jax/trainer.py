@@ -147,7 +147,8 @@ class Trainer:
             train_step, model=model, tx=self.tx, preprocess=self.preprocess, label_smoothing=cfg.label_smoothing,
             compute_dtype=COMPUTE_DTYPES[cfg.precision], axis_name=axis,
             microbatch=cfg.microbatch, ema=cfg.ema)
-        kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size)
+        kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size,
+                  epoch_augment=epoch_augment(self.config))
         if self.pmap:
             kw.update(local_batch=cfg.batch_size // len(self.devices), axis_name=axis)
         else:
@@ -216,13 +217,32 @@ def load_data(config: Config):
     return splits, *preprocessing(config)
 
 
+def epoch_augment(config: Config) -> Any:
+    """The run's augmentations that need each example's index and epoch (``data.augment`` names in
+    :data:`~cnn_jax.data.augment.EPOCH_AUGMENTATIONS`), composed as ``fn(key, x, index, epoch)``; None if none."""
+    from cnn_jax.data.augment import EPOCH_AUGMENTATIONS
+
+    fns = [EPOCH_AUGMENTATIONS[n] for n in config.data.augment if n in EPOCH_AUGMENTATIONS]
+    if not fns:
+        return None
+
+    def augment(key, x, index, epoch):
+        for i, fn in enumerate(fns):
+            x = fn(jax.random.fold_in(key, i), x, index, epoch)
+        return x
+
+    return augment
+
+
 def preprocessing(config: Config) -> tuple[Preprocess, Preprocess]:
     """``(preprocess, eval_preprocess)`` of a run of ``config``: uint8 NHWC batches to float, augmented in [0, 1]
-    (shifts fill with black, the background) then standardised for training; standardised only for evaluation."""
-    from cnn_jax.data.augment import NORM_STATS, augment_for, normalize
+    (shifts fill with black, the background) then standardised for training; standardised only for evaluation.
+    (The ``data.augment`` names that need the example's index, :func:`epoch_augment`, are the train loop's.)"""
+    from cnn_jax.data.augment import EPOCH_AUGMENTATIONS, NORM_STATS, augment_for, normalize
 
     d = config.data
-    aug = augment_for(d.dataset, d.augment) if d.augment else None
+    names = tuple(n for n in d.augment if n not in EPOCH_AUGMENTATIONS)
+    aug = augment_for(d.dataset, names) if names else None
     stats = NORM_STATS.get(d.dataset)
 
     def preprocess(key, x):

@@ -107,3 +107,21 @@ def test_normalize():
     np.testing.assert_allclose(normalize(images, "fashion_mnist"), (np.asarray(x) - mean) / std, rtol=1e-6)
     np.testing.assert_array_equal(normalize(images, "emnist_digits"), x)  # no stats measured: scale only
     assert jax.jit(normalize, static_argnums=1)(images, "fashion_mnist").shape == images.shape
+
+
+def test_alternating_flip_shows_each_image_both_ways_every_two_epochs():
+    """Epoch 0 mirrors a seeded half of the examples; each later epoch mirrors exactly those the previous one did
+    not. The choice follows the example's index, not its place in the batch."""
+    n = 256
+    x = jnp.broadcast_to(jnp.arange(3, dtype=jnp.uint8)[None, None, :, None], (n, 2, 3, 1))  # each row 0 1 2
+    index, key = jnp.arange(n), jax.random.key(7)
+    fn = jax.jit(aug.alternating_flip)
+    flipped = [np.asarray(fn(key, x, index, e)[:, 0, 0, 0] == 2) for e in range(4)]
+    assert 0.35 < flipped[0].mean() < 0.65
+    np.testing.assert_array_equal(flipped[1], ~flipped[0])
+    np.testing.assert_array_equal(flipped[2], flipped[0])
+    np.testing.assert_array_equal(flipped[3], flipped[1])
+    order = np.random.default_rng(0).permutation(n)  # the same examples in another order: the same choices
+    np.testing.assert_array_equal(np.asarray(fn(key, x[order], index[order], 0)[:, 0, 0, 0] == 2), flipped[0][order])
+    other = np.asarray(fn(jax.random.key(8), x, index, 0)[:, 0, 0, 0] == 2)
+    assert (other != flipped[0]).any()  # another run key, other coins

@@ -34,6 +34,12 @@ def _one_line(out: subprocess.CompletedProcess, code: int, *needles: str) -> str
     (["train", "--lr", "1e300"], ["--lr must be at most 3.4e38 (float32's largest number"]),  # inf in float32
     (["train", "--clip", "1e39"], ["--clip must be at most 3.4e38"]),
     (["train", "--dataset", "mnist"], ["unknown dataset 'mnist'; known: fashion_mnist, emnist/digits"]),
+    (["train", "--dataset", "emnist/digits", "--augment", "translate", "altflip"],
+     ["--augment: altflip changes a digit's meaning; drop it for emnist/digits"]),
+    (["train", "--stem", "patchy", "--preset", "fast"], ["--stem must be one of ('conv', 'patch'), got 'patchy'"]),
+    (["train", "--stem", "patch"], ["--stem: model 'lab_cnn' has no stem parameter"]),
+    (["train", "--init", "zeros", "--preset", "fast"], ["--init must be one of ('lecun', 'dirac'), got 'zeros'"]),
+    (["train", "--tta", "shift", "rotate"], ["--tta: unknown ['rotate']; choose from ['flip', 'shift']"]),
     (["train", "--run", ".."], ["--run: '..' is not a plain name"]),
     (["train", "--run", ""], ["--run: '' is not a plain name"]),  # was: the preset's name, silently
     (["train", "--steps-per-chunk", "0"], ["--steps-per-chunk must be > 0 (or none: about a second"]),

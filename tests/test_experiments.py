@@ -121,9 +121,9 @@ def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
                                     "--lr", "1e-12", "--early-stopping", "1", "--data-dir", str(tmp_path / "tfds"),
                                     "--workdir", str(tmp_path / "runs"), "--run", "stops"])
     assert stopped["stopped_early"] and stopped["epochs"] == 2
-    for flag in ("--augment", "--tta"):  # flips are refused for digits
+    for flag, flip in (("--augment", "flip"), ("--augment", "altflip"), ("--tta", "flip")):  # refused for digits
         with pytest.raises(SystemExit):
-            run("emnist_digits", [flag, "flip", "--workdir", str(tmp_path / "runs2")])
+            run("emnist_digits", [flag, flip, "--workdir", str(tmp_path / "runs2")])
 
 
 def test_dotted_flags_are_the_short_flags_and_presets_are_configs(tmp_path):

@@ -142,3 +142,49 @@ def test_lecun_normal_is_flax_bit_for_bit_and_compiles_once_per_power_of_two():
         np.testing.assert_array_equal(lecun_normal(key, shape), flax_init(key, shape, jnp.float32), err_msg=str(shape))
     buckets = {1 << (int(np.prod(s)) - 1).bit_length() for s in shapes}
     assert _truncated_normal_draws._cache_size() == len(buckets) < len(shapes)
+
+
+def test_resnet_patch_stem_runs_no_layer_at_full_resolution(monkeypatch):
+    """``stem="patch"``: a 2x2 stride-2 convolution takes 28x28 to 14x14 and every later convolution sees at most
+    14x14; the default stem convolves the full image twice (the stem, then stage 1 before its pool)."""
+    import cnn_jax.models as models
+
+    def inputs(stem: str) -> list[tuple[int, ...]]:
+        seen = []
+
+        def conv2d(x, kernel, *args, **kw):
+            seen.append((x.shape[1:3], kernel.shape[:2], kw.get("stride", 1)))
+            return real(x, kernel, *args, **kw)
+
+        real = models.conv2d
+        monkeypatch.setattr(models, "conv2d", conv2d)
+        model = models.ResNet(widths=(4, 8, 8, 8), stem=stem, rngs=nnx.Rngs(0))
+        assert model(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+        monkeypatch.setattr(models, "conv2d", real)
+        return seen
+
+    patch, conv = inputs("patch"), inputs("conv")
+    assert patch[0] == ((28, 28), (2, 2), 2) and max(s[0][0] for s in patch[1:]) == 14
+    assert [s[0] for s in conv[:2]] == [(28, 28)] * 2 and conv[0][1:] == ((3, 3), 1)
+    assert len(patch) == len(conv) and [s[0] for s in patch[2:]] == [s[0] for s in conv[2:]]  # the same after stage 1
+    with pytest.raises(ValueError, match="unknown stem"):
+        models.ResNet(stem="pixel", rngs=nnx.Rngs(0))
+
+
+def test_dirac_init_starts_the_convolutions_after_the_stem_as_the_identity():
+    from cnn_jax.models import ResNet, dirac
+
+    k = np.asarray(dirac(jax.random.key(0), (3, 3, 4, 6)))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (1, 5, 5, 4)))
+    y = np.asarray(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # the first filters copy their channel
+    assert np.abs(k[..., 4:]).min() > 0 and np.asarray(dirac(jax.random.key(0), (3, 3, 6, 4)))[1, 1, :, :].trace() == 4
+    model, plain = (ResNet(widths=(4, 8, 8, 8), init=init, rngs=nnx.Rngs(0)) for init in ("dirac", "lecun"))
+    kernels = [np.asarray(model.Conv_0.kernel[...]), *(np.asarray(getattr(model, f"Conv_{i}").kernel[...])
+                                                       for i in range(1, 8))]
+    np.testing.assert_array_equal(kernels[0], plain.Conv_0.kernel[...])  # the stem as before
+    for k in kernels[1:]:
+        m = min(k.shape[2:])
+        np.testing.assert_array_equal(k[1, 1, :m, :m], np.eye(m))
+    with pytest.raises(ValueError, match="unknown init"):
+        ResNet(init="zeros", rngs=nnx.Rngs(0))

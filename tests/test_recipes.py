@@ -18,7 +18,7 @@ from flax import nnx
 from synthetic import make_data, train
 
 from cnn_jax.checkpoint import RunCheckpointer
-from cnn_jax.config import PRESETS, Config, ConfigError, ModelConfig, RunConfig, TrainConfig, differences
+from cnn_jax.config import PRESETS, Config, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, differences
 from cnn_jax.models import ResNet
 from cnn_jax.train_state import TrainState, eval_params, legacy_layout, update_ema
 from cnn_jax.trainer import Trainer, build_model, preprocessing
@@ -232,3 +232,62 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
     loaded = load(run_dir, "latest").variables["params"]  # predictions use the weights' average
     for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(state["ema"]), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_alternating_flips_are_applied_by_the_train_loop():
+    """``--augment ... altflip``: the train loop mirrors a seeded half of the examples in epoch 0 and the other half
+    in epoch 1 (the step sees them so); the float augmentations never get the name."""
+    from cnn_jax.data.augment import AUGMENTATIONS
+    from cnn_jax.steps import train_chunk
+    from cnn_jax.trainer import epoch_augment
+
+    cfg = Config(data=DataConfig(augment=("translate", "altflip")))
+    assert epoch_augment(Config(data=DataConfig(augment=("translate", "flip")))) is None
+    preprocess, _ = preprocessing(cfg)  # builds: altflip is not one of the float augmentations
+    assert "altflip" not in AUGMENTATIONS and preprocess(jax.random.key(0), DATA[0][:2]).shape == (2, 28, 28, 1)
+    n, batch = 64, 16
+    images = np.zeros((n, 28, 28, 1), np.uint8)
+    images[:, :, 0] = 255  # a white left column: mirrored, it is on the right
+
+    def step_fn(st, x, y):  # counts the mirrored images it is given, as its "loss"
+        mirrored = jnp.sum(x[:, 0, -1, 0] == 255).astype(jnp.float32)
+        return st.replace(step=st.step + 1), (mirrored, jnp.int32(0), jnp.bool_(True))
+
+    state = TrainState(step=jnp.int32(0), params={}, opt_state=(), batch_stats={}, key=jax.random.PRNGKey(0), ema={})
+    counts = []
+    for augment in (epoch_augment(cfg), None):
+        st = state
+        for _ in range(2):
+            st, m = train_chunk(st, jnp.asarray(images), jnp.zeros(n, jnp.int32), step_fn=step_fn, steps=n // batch,
+                                steps_per_epoch=n // batch, global_batch=batch, epoch_augment=augment)
+            counts.append(int(m["loss_sum"]))
+    assert 0 < counts[0] < n and counts[0] + counts[1] == n and counts[2:] == [0, 0]
+    trained = []  # and the Trainer hands them to its loop: one step with them differs from one without
+    for augment in (("altflip",), ()):
+        config = cfg.override({"data.augment": augment, "train.batch_size": 32, "train.microbatch": 0})
+        t = Trainer(_tiny(), config, len(DATA[0]), (28, 28, 1), *preprocessing(config))
+        trained.append(t.host_state(t.train_chunk(t.init_state(), t.put_data(*DATA), 1)[0]).params)
+    assert not all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, trained), strict=True))
+
+
+def test_the_issue38_variants_run_as_the_user_types_them(fashion_tfds_dir, tmp_path):
+    """The new flags through the ablation script's command (tiny runs): the 2x2 patch stem and alternating flips,
+    recorded in each run's config; the flips' run evaluated with the shifted views too."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    names = [n for n, _ in mod["ON_FAST"]]
+    first, last = names.index("+ 2x2 patch stem (no 28x28 layer)"), names.index("+ alternating flips (fast: random)")
+    report = mod["main"](["--smoke", "--table", "issue38", "--first", str(first), "--upto", str(last), "--seeds", "0",
+                          "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir), "--tta", "flip",
+                          "shift"])
+    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in report["runs"]]
+    assert [c["model"]["stem"] for c in configs] == ["patch", "patch", None]
+    assert configs[-1]["data"]["augment"] == ["translate", "altflip"]
+    assert configs[-1]["data"]["tta"] == ["flip", "shift"]
+    assert all(0 <= r["val_accuracy"] <= 1 for r in report["runs"])
+    # benchmarks/tta.py on the last run: its validation split rebuilt from the run's config, the test split unread
+    tta = runpy.run_path(str(ROOT / "benchmarks" / "tta.py"), run_name="bench")["main"](
+        [report["runs"][-1]["run_dir"], "--views", "none", "flip,shift", "--json", str(tmp_path / "tta.json")])
+    rows = tta["table"]
+    assert [r["views"] for r in rows] == [[], ["flip", "shift"]] and rows[0]["mean_difference"] == 0
+    assert rows[1]["val_accuracy"][0] == pytest.approx(report["runs"][-1]["val_accuracy"], abs=1 / 200)
+    assert json.loads((tmp_path / "tta.json").read_text())["table"] == rows

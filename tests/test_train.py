@@ -213,3 +213,20 @@ def test_microbatch_accumulation_matches_full_batch():
         cfg.replace(microbatch=24)  # checked where the config is built
     with pytest.raises(ValueError, match="must divide the per-device batch 12"):  # pmap: 96 / 8 devices
         trainer_for(model, cfg.replace(batch_size=96, microbatch=8), parallelism="pmap")
+
+
+def test_evaluate_with_flip_and_shift_tta_averages_six_views():
+    """``("flip", "shift")``: the image, its mirror, and each moved one pixel up-left and down-right (edges
+    repeated), six views averaged."""
+    trainer = trainer_for(tta=("flip", "shift"))
+    state = trainer.init_state()
+    ev = trainer.evaluate(state, trainer.put_data(*VAL, for_eval=True))
+    x = np.asarray(default_preprocess(None, jnp.asarray(VAL[0])))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    shifted = lambda v: [v[:, 2:, 2:][:, :28, :28], v[:, :28, :28]]  # noqa: E731
+    mirror = x[:, :, ::-1]
+    views = [x, mirror, *shifted(padded), *shifted(np.pad(mirror, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"))]
+    logits = sum(eval_apply(trainer.model, state.params, jnp.asarray(v)) for v in views) / 6
+    assert ev["accuracy"] == pytest.approx(np.mean(np.asarray(jnp.argmax(logits, -1)) == VAL[1]), abs=1e-6)
+    lse = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, VAL[1][:, None], -1)[:, 0]
+    assert ev["loss"] == pytest.approx(float(lse.mean()), rel=1e-4)

@@ -18,7 +18,8 @@ from typing import Any
 
 #: name -> the submodule that defines it.
 _WHERE = {
-    **dict.fromkeys(("AUGMENTATIONS", "DEFAULT_AUGMENT", "NORM_STATS", "augment_for", "flips_allowed",
+    **dict.fromkeys(("AUGMENTATIONS", "DEFAULT_AUGMENT", "EPOCH_AUGMENTATIONS", "FLIPS", "NORM_STATS",
+                     "augment_for", "flips_allowed",
                      "make_augment", "normalize"), "augment"),
     "prepare": "preparation",
     **dict.fromkeys(("IdxError", "parse_idx", "read_idx"), "idx"),

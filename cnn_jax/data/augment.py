@@ -25,6 +25,9 @@ from cnn_jax.data.sources import canonical_name
 __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_AUGMENT",
+    "EPOCH_AUGMENTATIONS",
+    "FLIPS",
+    "alternating_flip",
     "NORM_STATS",
     "augment_for",
     "channel_stats",
@@ -127,6 +130,24 @@ AUGMENTATIONS: dict[str, Augment] = {
     "erase": random_erasing,
 }
 
+
+def alternating_flip(key: jax.Array, x: jax.Array, index: jax.Array, epoch: jax.Array) -> jax.Array:
+    """Derandomised flips (airbench): example ``index[i]`` is mirrored in its first epoch by a coin drawn from
+    ``key`` and its index, and in every later epoch exactly when it was not in the previous one, so each image
+    is seen both ways in every two epochs. ``x`` ``(N, H, W, C)`` (any dtype), ``index`` ``(N,)`` int, ``epoch``
+    an int scalar."""
+    _check(x, "alternating_flip")
+    coin = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(index)
+    flip = coin ^ (epoch % 2 == 1)
+    return jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+
+
+#: Augmentations that need each example's index and epoch, applied by the train loop
+#: (:func:`cnn_jax.steps.train_chunk`) before the others: name -> ``fn(key, x, index, epoch)``.
+EPOCH_AUGMENTATIONS: dict[str, Callable[..., jax.Array]] = {"altflip": alternating_flip}
+#: The names that mirror images (refused for digits).
+FLIPS = ("flip", "altflip")
+
 DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {
     "fashion_mnist": ("translate", "flip", "erase"),
     "emnist/digits": ("translate", "erase"),
@@ -134,7 +155,8 @@ DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {
 
 
 def flips_allowed(dataset: str) -> bool:
-    """Whether ``"flip"`` may augment ``dataset``: not for digits (a mirrored digit is another glyph)."""
+    """Whether ``"flip"`` (or ``"altflip"``) may augment ``dataset``: not for digits (a mirrored digit is another
+    glyph)."""
     return canonical_name(dataset) != "emnist/digits"
 
 
