@@ -46,6 +46,7 @@ ON_FAST: list[tuple[str, list[str]]] = [
     ("+ alternating flips (fast: random)", ["--augment", "translate", "altflip"]),
     ("+ Dirac initialisation after the stem", ["--init", "dirac"]),
     ("+ one-cycle warm-up 10% of the steps (fast: 25%)", ["--warmup-steps", "343"]),
+    ("+ stem pooled (stage 1 at 14x14)", ["--stem", "pool"]),
 ]
 #: ``name: (variants, cumulative)``.
 TABLES: dict[str, tuple[list[tuple[str, list[str]]], bool]] = {"issue22": (VARIANTS, True), "issue38": (ON_FAST, False)}

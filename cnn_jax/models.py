@@ -181,7 +181,8 @@ class ResNet(_Named):
     Stem: Conv(``widths[0]``, 3x3, SAME) -> BN -> ReLU. Then for each later width ``w`` (stage ``i`` = 1, 2, ...):
     Conv(w) -> MaxPool 2 -> BN -> ReLU (28 -> 14 -> 7 -> 3), and on the stages in ``residual`` a block
     ``x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))``. ``stem="patch"``: the stem is a 2x2 stride-2 convolution (each
-    2x2 patch to ``widths[0]`` channels: 28 -> 14 at once) and stage 1 does not pool, so no layer runs at 28x28.
+    2x2 patch to ``widths[0]`` channels: 28 -> 14 at once) and stage 1 does not pool, so no layer runs at 28x28;
+    ``stem="pool"``: the stem as by default, then MaxPool 2, and stage 1 does not pool (only the stem at 28x28).
     ``init="dirac"``: every convolution after the stem starts as the identity on its first channels (:func:`dirac`).
     Then global max pool -> Dropout -> Dense(num_classes), the logits multiplied by ``logit_scale`` (small logits
     train faster with a high learning rate). Convs have no bias.
@@ -221,6 +222,8 @@ class ResNet(_Named):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
         x = jax.nn.relu(self._conv_bn(self.stem, x))
+        if self.stem_kind == "pool":
+            x = max_pool(x, 2, impl=self.impl)
         for i, (first, block) in enumerate(self.stages):
             x = jax.nn.relu(self._conv_bn(first, x, pool=i > 0 or self.stem_kind == "conv"))
             if block:
@@ -229,8 +232,9 @@ class ResNet(_Named):
         return self._run("Dense_0", x) * self.logit_scale
 
 
-#: :class:`ResNet`'s stems: ``conv`` (3x3 at full resolution), ``patch`` (2x2 stride 2: half resolution at once).
-STEMS = ("conv", "patch")
+#: :class:`ResNet`'s stems: ``conv`` (3x3 at full resolution), ``patch`` (2x2 stride 2: half resolution at once),
+#: ``pool`` (3x3 at full resolution, then pooled: stage 1 at half resolution).
+STEMS = ("conv", "patch", "pool")
 #: :class:`ResNet`'s initialisations of the convolutions after the stem.
 INITS = ("lecun", "dirac")
 

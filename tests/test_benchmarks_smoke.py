@@ -198,3 +198,16 @@ def test_time_to_accuracy_first_setting_short_of_a_threshold(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ">= 94%: 3000 s (no ratio)" in out and "fast: mean over seeds [1]" in out
     assert json.loads((tmp_path / "out.json").read_text())["summary"]["f32"]["seed_time_ratio"]["0.94"] == [None]
+
+
+def test_recipe_speed_benchmark_smoke(tmp_path, capsys):
+    """`fast` and its network variants (issue 38's table), built from their flags, timed in turn."""
+    out = tmp_path / "speed.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "recipe_speed.py"), run_name="bench")
+    report = mod["main"](["--smoke", "--variants", "0", "3", "--json", str(out)])
+    assert [r["variant"] for r in report["rows"]] == [0, 3] and report["rows"][0]["ratio"] == 1.0
+    assert all(r["low"] <= r["images_per_s"] <= r["high"] for r in report["rows"])
+    assert json.loads(out.read_text())["rows"] == report["rows"]
+    assert "| 3. + 2x2 patch stem" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod["main"](["--variants", "99"])

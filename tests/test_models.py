@@ -146,7 +146,8 @@ def test_lecun_normal_is_flax_bit_for_bit_and_compiles_once_per_power_of_two():
 
 def test_resnet_patch_stem_runs_no_layer_at_full_resolution(monkeypatch):
     """``stem="patch"``: a 2x2 stride-2 convolution takes 28x28 to 14x14 and every later convolution sees at most
-    14x14; the default stem convolves the full image twice (the stem, then stage 1 before its pool)."""
+    14x14; ``stem="pool"``: the default stem, pooled; the default convolves the full image twice (the stem, then
+    stage 1 before its pool)."""
     import cnn_jax.models as models
 
     def inputs(stem: str) -> list[tuple[int, ...]]:
@@ -163,10 +164,13 @@ def test_resnet_patch_stem_runs_no_layer_at_full_resolution(monkeypatch):
         monkeypatch.setattr(models, "conv2d", real)
         return seen
 
-    patch, conv = inputs("patch"), inputs("conv")
+    patch, conv, pool = inputs("patch"), inputs("conv"), inputs("pool")
     assert patch[0] == ((28, 28), (2, 2), 2) and max(s[0][0] for s in patch[1:]) == 14
-    assert [s[0] for s in conv[:2]] == [(28, 28)] * 2 and conv[0][1:] == ((3, 3), 1)
-    assert len(patch) == len(conv) and [s[0] for s in patch[2:]] == [s[0] for s in conv[2:]]  # the same after stage 1
+    assert [s[0] for s in conv[:2]] == [(28, 28)] * 2 and conv[0][1:] == pool[0][1:] == ((3, 3), 1)
+    assert pool[0][0] == (28, 28) and max(s[0][0] for s in pool[1:]) == 14
+    assert len(patch) == len(conv) == len(pool)
+    assert [s[0] for s in patch[1:]] == [s[0] for s in pool[1:]]  # the same from stage 1 on
+    assert [s[0] for s in patch[2:]] == [s[0] for s in conv[2:]]  # the same after stage 1
     with pytest.raises(ValueError, match="unknown stem"):
         models.ResNet(stem="pixel", rngs=nnx.Rngs(0))
 
