@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import jax
+from common import emit  # benchmarks/ (the script's folder)
 
-from cnn_jax.files import write_json, write_text
+from cnn_jax.files import write_json
 
 #: Issue 22's table: ``(name, flags added to the previous variants')``, in order. The first names the base preset.
 VARIANTS: list[tuple[str, list[str]]] = [
@@ -153,12 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(report["table"], f"Ablation ({a.table}) on the validation split, {report['date']}, "
                                      f"{report['device']} ({report['backend']}), seeds {a.seeds}; "
                                      f"extra flags: {' '.join(extra) or '-'}")
-    print(text)
-    if a.json:
-        write_json(a.json, report)
-    if a.markdown:
-        write_text(a.markdown, text)
-    return report
+    return emit(text, report, a.json, a.markdown)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,16 @@ def machine() -> dict[str, object]:
     peak, which drifts, each script measures beside its figures: :func:`gemm_peak_gflops`)."""
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
             "ld_preload": os.environ.get("LD_PRELOAD", "")}
+
+
+def emit(text: str, report: dict, json_path: str | None = None, markdown_path: str | None = None) -> dict:
+    """Print a script's table ``text``; write ``report`` to ``json_path`` and ``text`` to ``markdown_path`` when
+    given (atomically). Returns ``report``."""
+    from cnn_jax.files import write_json, write_text
+
+    print(text)
+    if json_path:
+        write_json(json_path, report)
+    if markdown_path:
+        write_text(markdown_path, text)
+    return report

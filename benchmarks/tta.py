@@ -18,9 +18,9 @@ import time
 
 import jax
 import numpy as np
+from common import emit  # benchmarks/ (the script's folder)
 
 from cnn_jax.config import TTA_NAMES
-from cnn_jax.files import write_json, write_text
 from cnn_jax.inference import load
 from cnn_jax.trainer import load_data
 
@@ -81,14 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         lines.append(f"| {'+'.join(r['views']) or 'none'} | {' / '.join(f'{100 * v:.2f}' for v in r['val_accuracy'])}"
                      f" | {100 * r['mean']:.2f}% | {100 * r['mean_difference']:+.2f} | {r['seconds']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
     report = {"date": date, "backend": jax.default_backend(), "which": a.which, "runs": per_run, "table": rows}
-    if a.json:
-        write_json(a.json, report)
-    if a.markdown:
-        write_text(a.markdown, text)
-    return report
+    return emit("\n".join(lines) + "\n", report, a.json, a.markdown)
 
 
 if __name__ == "__main__":
