@@ -48,6 +48,8 @@ ON_FAST: list[tuple[str, list[str]]] = [
     ("+ Dirac initialisation after the stem", ["--init", "dirac"]),
     ("+ one-cycle warm-up 10% of the steps (fast: 25%)", ["--warmup-steps", "343"]),
     ("+ stem pooled (stage 1 at 14x14)", ["--stem", "pool"]),
+    ("+ batch 64, lr 2e-3 (fast: 128, 3e-3)", ["--batch-size", "64", "--lr", "2e-3"]),
+    ("+ batch-norm biases at 8x the learning rate", ["--bn-bias-lr", "8"]),
 ]
 #: ``name: (variants, cumulative)``.
 TABLES: dict[str, tuple[list[tuple[str, list[str]]], bool]] = {"issue22": (VARIANTS, True), "issue38": (ON_FAST, False)}

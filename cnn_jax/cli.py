@@ -33,6 +33,7 @@ _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta"
          "run.progress": "a progress bar on a terminal (plain lines otherwise)",
          "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap",
          "train.ema": "decay of a moving average of the weights used to evaluate and predict (none: off)",
+         "train.bn_bias_lr": "learning rate of the batch-norm biases, a multiple of --lr (default 1)",
          "run.test": "evaluate the test split at the end (default); --no-test for recipe searches"}
 
 

@@ -161,7 +161,8 @@ class TrainConfig(_Section):
     16, or 32 for models with batch norm), resolved when a run starts and recorded in its config, so a resume
     keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights.
     ``ema``: decay of an exponential moving average of the weights, kept in the train state (``TrainState.ema``)
-    and used for every evaluation and prediction (None: off)."""
+    and used for every evaluation and prediction (None: off). ``bn_bias_lr``: the batch-norm biases' learning
+    rate as a multiple of ``lr`` (airbench's trick; 1: the same)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -178,6 +179,7 @@ class TrainConfig(_Section):
     microbatch: int | str | None = AUTO
     early_stopping_patience: int | None = None
     ema: float | None = None
+    bn_bias_lr: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choices("train", self)
@@ -201,6 +203,8 @@ class TrainConfig(_Section):
                or self.early_stopping_patience >= 1, "must be >= 1 (or none: off)", self.early_stopping_patience)
         _check("train", "seed", 0 <= self.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})", self.seed)
         _check("train", "ema", self.ema is None or 0 < self.ema < 1, "must be in (0, 1) (or none: off)", self.ema)
+        _check("train", "bn_bias_lr", math.isfinite(self.bn_bias_lr) and 0 < self.bn_bias_lr <= 1e6,
+               "must be a finite number in (0, 1e6]", self.bn_bias_lr)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
         _check("train", "microbatch", auto or (isinstance(self.microbatch, int | None) and (self.microbatch or 1) > 0),
                "must be auto or a number >= 0 (0: off)", self.microbatch)

@@ -22,9 +22,9 @@ from flax import nnx
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "create_train_state", "model_variables", "update_ema",
-           "eval_params", "seed_keys", "model_state", "bind", "STATE_LAYOUT", "LegacyTrainState", "legacy_layout",
-           "from_legacy", "upgrade_saved"]
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "batch_norm_biases", "create_train_state",
+           "model_variables", "update_ema", "eval_params", "seed_keys", "model_state", "bind", "STATE_LAYOUT",
+           "LegacyTrainState", "legacy_layout", "from_legacy", "upgrade_saved"]
 
 
 @flax.struct.dataclass
@@ -81,7 +81,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
     one it built). The weights' average (``cfg.ema``) is the state's own field (:func:`update_ema`).
 
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
-    before the optimizer); for ``adamw`` it is decoupled.
+    before the optimizer); for ``adamw`` it is decoupled. ``bn_bias_lr`` scales the updates of the batch-norm
+    biases (the leaves ``BatchNorm_<i>/bias``, :mod:`cnn_jax.models`' names) last, so it multiplies their
+    learning rate (and, for ``adamw``, their decoupled decay).
     """
     lr = make_schedule(cfg, total_steps) if schedule is None else schedule
     parts = []
@@ -96,7 +98,17 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
             parts.append(optax.adam(lr))
         else:
             parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
+    if cfg.bn_bias_lr != 1:
+        parts.append(optax.masked(optax.scale(cfg.bn_bias_lr), batch_norm_biases))
     return optax.chain(*parts)
+
+
+def batch_norm_biases(params: Any) -> Any:
+    """``params``' tree of booleans: True at the batch-norm biases (``{"BatchNorm_0": {"bias": True, ...}}``)."""
+    def is_bn_bias(path: tuple[Any, ...], _: Any) -> bool:
+        keys = [getattr(k, "key", None) for k in path]
+        return keys[-1] == "bias" and len(keys) > 1 and str(keys[-2]).startswith("BatchNorm")
+    return jax.tree_util.tree_map_with_path(is_bn_bias, params)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from cnn_jax import parallel
 from cnn_jax.backend import auto_microbatch
-from cnn_jax.config import AUTO, Config
+from cnn_jax.config import AUTO, Config, ConfigError
 from cnn_jax.models import get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import (
@@ -84,6 +84,9 @@ class Trainer:
                  devices: Sequence[jax.Device] | None = None):
         config = resolve_microbatch(config, model)
         cfg, run = config.train, config.run
+        if cfg.bn_bias_lr != 1 and not any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(model)):
+            raise ConfigError(f"--bn-bias-lr {cfg.bn_bias_lr:g}: model {config.model.name!r} has no batch norm; drop "
+                              "it, or pick a model with batch norm (--model bn_cnn or resnet)")
         self.config, self.cfg, self.input_shape = config, cfg, tuple(input_shape)
         self.steps_per_epoch = num_train // cfg.batch_size
         if self.steps_per_epoch == 0:

@@ -270,6 +270,29 @@ def test_alternating_flips_are_applied_by_the_train_loop():
     assert not all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, trained), strict=True))
 
 
+def test_batch_norm_biases_learn_at_their_own_rate():
+    """``--bn-bias-lr 8``: one step moves the batch-norm biases 8x as far as ``1`` does, every other weight the
+    same; a model without batch norm refuses the flag in one line."""
+    moved = []
+    for scale in (1.0, 8.0):
+        config = Config(train=TrainConfig(batch_size=32, lr=3e-3, microbatch=None, bn_bias_lr=scale))
+        t = Trainer(_tiny(), config, len(DATA[0]), (28, 28, 1))
+        before = t.host_state(t.init_state()).params
+        after = t.host_state(t.train_chunk(t.init_state(), t.put_data(*DATA), 1)[0]).params
+        moved.append(jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), before, after))
+    biases = [k for k in moved[0] if k.startswith("BatchNorm")]
+    assert len(biases) == 8 and all(np.abs(moved[0][k]["bias"]).max() > 0 for k in biases)
+    for name, layer in moved[0].items():
+        for leaf, delta in layer.items():
+            factor = 8.0 if name in biases and leaf == "bias" else 1.0
+            np.testing.assert_allclose(moved[1][name][leaf], factor * delta, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ConfigError, match=r"^--bn-bias-lr 8: model 'lab_cnn' has no batch norm; drop it, or pick"):
+        config = Config(train=TrainConfig(bn_bias_lr=8.0))
+        Trainer(build_model(config, 10, (28, 28, 1)), config, len(DATA[0]), (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"^--bn-bias-lr must be a finite number in \(0, 1e6\], got 0"):
+        TrainConfig(bn_bias_lr=0)
+
+
 def test_the_issue38_variants_run_as_the_user_types_them(fashion_tfds_dir, tmp_path):
     """The new flags through the ablation script's command (tiny runs): the 2x2 patch stem and alternating flips,
     recorded in each run's config; the flips' run evaluated with the shifted views too."""
