@@ -2,7 +2,8 @@
 windows taken in turn (drift spreads over all), the median of each, and its ratio to the first.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 PYTHONPATH=. \\
-        python benchmarks/recipe_speed.py [--variants 0 3 8] [--windows 5] [--steps 30] [--json out.json] [--smoke]
+        python benchmarks/recipe_speed.py [--variants 0 3 8] [--windows 5] [--steps 30] [--json out.json] \\
+        [--markdown out.md] [--smoke]
 
 ``--variants``: indices of ``benchmarks/ablation.py``'s issue-38 table (default: every one that changes the
 network); each is built from its flags as the experiment script builds it. Random uint8 images (the speed does
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from common import gemm_peak_gflops, machine  # benchmarks/ (the script's folder)
+from common import emit, gemm_peak_gflops, machine  # benchmarks/ (the script's folder)
 
 from cnn_jax.cli import parse
-from cnn_jax.files import write_json
 from cnn_jax.trainer import Trainer, build_model, preprocessing
 
 ABLATION = runpy.run_path(str(Path(__file__).with_name("ablation.py")), run_name="recipe_speed")
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--windows", type=int, default=5, help="timed windows per variant (default 5)")
     p.add_argument("--steps", type=int, default=30, help="train steps per window (default 30)")
     p.add_argument("--json", default=None, help="write the measurements here")
+    p.add_argument("--markdown", default=None, help="write the table here")
     p.add_argument("--smoke", action="store_true", help="two tiny windows: checks the script runs")
     a = p.parse_args(argv)
     bad = [i for i in a.variants if not 0 <= i < len(names)]
@@ -75,16 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "gemm_peak_gflops": gemm_peak_gflops(),
               "windows": windows, "steps": steps, "rows": rows}
     cpu = report["machine"]
-    print(f"{report['date']}, {cpu['cpu']} ({cpu['cpu_flags']}), f32 GEMM peak {report['gemm_peak_gflops']:.0f} "
-          f"GFLOP/s; {windows} windows of {steps} steps each, in turn\n")
-    print("| variant | images/s (median) | range | vs the first |\n| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['variant']}. {r['name']} | {r['images_per_s']:,.0f} | {r['low']:,.0f}-{r['high']:,.0f} | "
-              f"{r['ratio']:.2f}x |")
-    if a.json:
-        write_json(a.json, report)
-    return report
-
+    lines = [f"{report['date']}, {cpu['cpu']} ({cpu['cpu_flags']}), f32 GEMM peak {report['gemm_peak_gflops']:.0f} "
+             f"GFLOP/s; {windows} windows of {steps} steps each, in turn", "",
+             "| variant | images/s (median) | range | vs the first |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['variant']}. {r['name']} | {r['images_per_s']:,.0f} | {r['low']:,.0f}-{r['high']:,.0f} | "
+              f"{r['ratio']:.2f}x |" for r in rows]
+    return emit("\n".join(lines) + "\n", report, a.json, a.markdown)
 
 if __name__ == "__main__":
     main()

@@ -203,7 +203,8 @@ def train_chunk(
     shuffle_root, _, _ = step_keys(state)
     epoch = state.step // steps_per_epoch
     perm = jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), n)
-    epoch_key = jax.random.split(shuffle_root)[0]  # not a fold_in(shuffle_root, epoch) of the shuffles
+    if epoch_augment is not None:
+        epoch_key = jax.random.split(shuffle_root)[0]  # not a fold_in(shuffle_root, epoch) of the shuffles
     offset = lax.axis_index(axis_name) * local_batch if axis_name is not None else 0
 
     def body(_, carry):

@@ -141,6 +141,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- compiled
     def _build_chunk(self):
+        from cnn_jax.data.augment import make_epoch_augment
+
         cfg = self.cfg
         axis = parallel.PMAP_AXIS if self.pmap else None
         model = self.model
@@ -151,7 +153,7 @@ class Trainer:
             compute_dtype=COMPUTE_DTYPES[cfg.precision], axis_name=axis,
             microbatch=cfg.microbatch, ema=cfg.ema)
         kw = dict(step_fn=step_fn, steps_per_epoch=self.steps_per_epoch, global_batch=cfg.batch_size,
-                  epoch_augment=epoch_augment(self.config))
+                  epoch_augment=make_epoch_augment(self.config.data.augment))
         if self.pmap:
             kw.update(local_batch=cfg.batch_size // len(self.devices), axis_name=axis)
         else:
@@ -220,27 +222,11 @@ def load_data(config: Config):
     return splits, *preprocessing(config)
 
 
-def epoch_augment(config: Config) -> Any:
-    """The run's augmentations that need each example's index and epoch (``data.augment`` names in
-    :data:`~cnn_jax.data.augment.EPOCH_AUGMENTATIONS`), composed as ``fn(key, x, index, epoch)``; None if none."""
-    from cnn_jax.data.augment import EPOCH_AUGMENTATIONS
-
-    fns = [EPOCH_AUGMENTATIONS[n] for n in config.data.augment if n in EPOCH_AUGMENTATIONS]
-    if not fns:
-        return None
-
-    def augment(key, x, index, epoch):
-        for i, fn in enumerate(fns):
-            x = fn(jax.random.fold_in(key, i), x, index, epoch)
-        return x
-
-    return augment
-
-
 def preprocessing(config: Config) -> tuple[Preprocess, Preprocess]:
     """``(preprocess, eval_preprocess)`` of a run of ``config``: uint8 NHWC batches to float, augmented in [0, 1]
     (shifts fill with black, the background) then standardised for training; standardised only for evaluation.
-    (The ``data.augment`` names that need the example's index, :func:`epoch_augment`, are the train loop's.)"""
+    (The ``data.augment`` names that need the example's index are the train loop's:
+    :func:`~cnn_jax.data.augment.make_epoch_augment`.)"""
     from cnn_jax.data.augment import EPOCH_AUGMENTATIONS, NORM_STATS, augment_for, normalize
 
     d = config.data

@@ -204,10 +204,11 @@ def test_recipe_speed_benchmark_smoke(tmp_path, capsys):
     """`fast` and its network variants (issue 38's table), built from their flags, timed in turn."""
     out = tmp_path / "speed.json"
     mod = runpy.run_path(str(ROOT / "benchmarks" / "recipe_speed.py"), run_name="bench")
-    report = mod["main"](["--smoke", "--variants", "0", "3", "--json", str(out)])
+    report = mod["main"](["--smoke", "--variants", "0", "3", "--json", str(out), "--markdown", str(tmp_path / "s.md")])
     assert [r["variant"] for r in report["rows"]] == [0, 3] and report["rows"][0]["ratio"] == 1.0
     assert all(r["low"] <= r["images_per_s"] <= r["high"] for r in report["rows"])
     assert json.loads(out.read_text())["rows"] == report["rows"]
-    assert "| 3. + 2x2 patch stem" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 3. + 2x2 patch stem" in printed and printed.strip() == (tmp_path / "s.md").read_text().strip()
     with pytest.raises(SystemExit):
         mod["main"](["--variants", "99"])

@@ -237,12 +237,11 @@ def test_ablation_smoke(fashion_tfds_dir, tmp_path, capsys):
 def test_alternating_flips_are_applied_by_the_train_loop():
     """``--augment ... altflip``: the train loop mirrors a seeded half of the examples in epoch 0 and the other half
     in epoch 1 (the step sees them so); the float augmentations never get the name."""
-    from cnn_jax.data.augment import AUGMENTATIONS
+    from cnn_jax.data.augment import AUGMENTATIONS, make_epoch_augment
     from cnn_jax.steps import train_chunk
-    from cnn_jax.trainer import epoch_augment
 
     cfg = Config(data=DataConfig(augment=("translate", "altflip")))
-    assert epoch_augment(Config(data=DataConfig(augment=("translate", "flip")))) is None
+    assert make_epoch_augment(("translate", "flip")) is None
     preprocess, _ = preprocessing(cfg)  # builds: altflip is not one of the float augmentations
     assert "altflip" not in AUGMENTATIONS and preprocess(jax.random.key(0), DATA[0][:2]).shape == (2, 28, 28, 1)
     n, batch = 64, 16
@@ -255,7 +254,7 @@ def test_alternating_flips_are_applied_by_the_train_loop():
 
     state = TrainState(step=jnp.int32(0), params={}, opt_state=(), batch_stats={}, key=jax.random.PRNGKey(0), ema={})
     counts = []
-    for augment in (epoch_augment(cfg), None):
+    for augment in (make_epoch_augment(cfg.data.augment), None):
         st = state
         for _ in range(2):
             st, m = train_chunk(st, jnp.asarray(images), jnp.zeros(n, jnp.int32), step_fn=step_fn, steps=n // batch,

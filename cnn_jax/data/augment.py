@@ -28,6 +28,7 @@ __all__ = [
     "EPOCH_AUGMENTATIONS",
     "FLIPS",
     "alternating_flip",
+    "make_epoch_augment",
     "NORM_STATS",
     "augment_for",
     "channel_stats",
@@ -180,6 +181,22 @@ def make_augment(names: Sequence[str], dataset: str | None = None) -> Augment:
             return x
         for fn, k in zip(fns, jax.random.split(key, len(fns)), strict=True):
             x = fn(k, x)
+        return x
+
+    return augment
+
+
+def make_epoch_augment(names: Sequence[str]) -> Callable[..., jax.Array] | None:
+    """The :data:`EPOCH_AUGMENTATIONS` among ``names``, composed in order as ``fn(key, x, index, epoch)`` (the
+    ``i``-th gets ``fold_in(key, i)``); the train loop applies it (``steps.train_chunk(epoch_augment=)``).
+    None when ``names`` has none; the other names are :func:`make_augment`'s."""
+    fns = [EPOCH_AUGMENTATIONS[n] for n in names if n in EPOCH_AUGMENTATIONS]
+    if not fns:
+        return None
+
+    def augment(key: jax.Array, x: jax.Array, index: jax.Array, epoch: jax.Array) -> jax.Array:
+        for i, fn in enumerate(fns):
+            x = fn(jax.random.fold_in(key, i), x, index, epoch)
         return x
 
     return augment
