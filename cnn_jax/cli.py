@@ -34,6 +34,8 @@ _HELP = {"data.augment": "translate crop flip erase; no names: none", "data.tta"
          "run.parallelism": "none: one device; sharded: jit over a mesh of every device of every host; pmap",
          "train.ema": "decay of a moving average of the weights used to evaluate and predict (none: off)",
          "train.bn_bias_lr": "learning rate of the batch-norm biases, a multiple of --lr (default 1)",
+         "train.lookahead": "sync period k: every k steps the slow weights step halfway to the weights, which "
+                            "restart from them (none: off)",
          "run.test": "evaluate the test split at the end (default); --no-test for recipe searches"}
 
 

@@ -162,7 +162,9 @@ class TrainConfig(_Section):
     keeps it. ``precision``: ``bf16`` trains, evaluates and predicts in bfloat16 with float32 master weights.
     ``ema``: decay of an exponential moving average of the weights, kept in the train state (``TrainState.ema``)
     and used for every evaluation and prediction (None: off). ``bn_bias_lr``: the batch-norm biases' learning
-    rate as a multiple of ``lr`` (airbench's trick; 1: the same)."""
+    rate as a multiple of ``lr`` (airbench's trick; 1: the same). ``lookahead``: every this many steps the
+    optimizer's slow weights step halfway to the weights and the weights restart from them (Lookahead, Zhang et
+    al. 2019, :func:`cnn_jax.train_state.lookahead`; None: off)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -180,6 +182,7 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = None
     ema: float | None = None
     bn_bias_lr: float = 1.0
+    lookahead: int | None = None
 
     def __post_init__(self) -> None:
         _check_choices("train", self)
@@ -205,6 +208,8 @@ class TrainConfig(_Section):
         _check("train", "ema", self.ema is None or 0 < self.ema < 1, "must be in (0, 1) (or none: off)", self.ema)
         _check("train", "bn_bias_lr", math.isfinite(self.bn_bias_lr) and 0 < self.bn_bias_lr <= 1e6,
                "must be a finite number in (0, 1e6]", self.bn_bias_lr)
+        _check("train", "lookahead", self.lookahead is None or self.lookahead >= 1, "must be >= 1 (or none: off)",
+               self.lookahead)
         _check("train", "label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)", self.label_smoothing)
         _check("train", "microbatch", auto or (isinstance(self.microbatch, int | None) and (self.microbatch or 1) > 0),
                "must be auto or a number >= 0 (0: off)", self.microbatch)

@@ -22,9 +22,9 @@ from flax import nnx
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "batch_norm_biases", "create_train_state",
-           "model_variables", "update_ema", "eval_params", "seed_keys", "model_state", "bind", "STATE_LAYOUT",
-           "LegacyTrainState", "legacy_layout", "from_legacy", "upgrade_saved"]
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "batch_norm_biases", "lookahead", "LookaheadState",
+           "create_train_state", "model_variables", "update_ema", "eval_params", "seed_keys", "model_state", "bind",
+           "STATE_LAYOUT", "LegacyTrainState", "legacy_layout", "from_legacy", "upgrade_saved"]
 
 
 @flax.struct.dataclass
@@ -100,7 +100,34 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
             parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
     if cfg.bn_bias_lr != 1:
         parts.append(optax.masked(optax.scale(cfg.bn_bias_lr), batch_norm_biases))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    return lookahead(tx, cfg.lookahead) if cfg.lookahead else tx
+
+
+class LookaheadState(NamedTuple):
+    """:func:`lookahead`'s state: optax's, and the slow weights."""
+
+    lookahead: optax.LookaheadState
+    slow: Any
+
+
+def lookahead(tx: optax.GradientTransformation, sync_period: int, slow_step: float = 0.5
+              ) -> optax.GradientTransformation:
+    """``optax.lookahead(tx, sync_period, slow_step)`` on plain params: the slow weights live in the optimizer
+    state, so the train state's params stay the fast weights the model trains and evaluates with (right after a
+    sync they are the slow ones). Every ``sync_period`` steps the slow weights move ``slow_step`` of the way to
+    the fast, which restart from them; batch-norm statistics follow the fast weights."""
+    inner = optax.lookahead(tx, sync_period, slow_step)
+
+    def init(params: Any) -> LookaheadState:
+        slow = jax.tree.map(lambda p: jnp.array(p, copy=True), params)  # own buffers (donation)
+        return LookaheadState(inner.init(optax.LookaheadParams.init_synced(params)), slow)
+
+    def update(updates: Any, state: LookaheadState, params: Any = None) -> tuple[Any, LookaheadState]:
+        both, inner_state = inner.update(updates, state.lookahead, optax.LookaheadParams(fast=params, slow=state.slow))
+        return both.fast, LookaheadState(inner_state, optax.apply_updates(state.slow, both.slow))
+
+    return optax.GradientTransformation(init, update)
 
 
 def batch_norm_biases(params: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from synthetic import make_data, train
@@ -20,7 +21,7 @@ from synthetic import make_data, train
 from cnn_jax.checkpoint import RunCheckpointer
 from cnn_jax.config import PRESETS, Config, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, differences
 from cnn_jax.models import ResNet
-from cnn_jax.train_state import TrainState, eval_params, legacy_layout, update_ema
+from cnn_jax.train_state import TrainState, eval_params, legacy_layout, lookahead, update_ema
 from cnn_jax.trainer import Trainer, build_model, preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +293,36 @@ def test_batch_norm_biases_learn_at_their_own_rate():
         TrainConfig(bn_bias_lr=0)
 
 
+def test_lookahead_is_optaxs_with_the_slow_weights_in_the_optimizer_state():
+    """``train.lookahead``: optax's Lookahead step for step (its params pair against our plain params), and
+    through the Trainer: right after each sync the weights are the slow ones, between syncs they move on."""
+    tx = optax.adam(0.1)
+    ours, ref = lookahead(tx, 3), optax.lookahead(tx, 3, 0.5)
+    p = {"w": jnp.array([1.0, -2.0])}
+    pair = optax.LookaheadParams.init_synced(p)
+    mine, theirs = ours.init(p), ref.init(pair)
+    loss = lambda q: jnp.sum((q["w"] - 3.0) ** 2)  # noqa: E731
+    for _ in range(7):
+        u, mine = ours.update(jax.grad(loss)(p), mine, p)
+        v, theirs = ref.update(jax.grad(loss)(pair.fast), theirs, pair)
+        p, pair = optax.apply_updates(p, u), optax.apply_updates(pair, v)
+        np.testing.assert_array_equal(p["w"], pair.fast["w"])
+        np.testing.assert_array_equal(mine.slow["w"], pair.slow["w"])
+    assert not np.array_equal(p["w"], mine.slow["w"])  # step 7: one past the sync at 6
+    config = Config(train=TrainConfig(batch_size=32, lr=3e-3, microbatch=None, lookahead=2))
+    t = Trainer(_tiny(), config, len(DATA[0]), (28, 28, 1))
+    state, data = t.init_state(), t.put_data(*DATA)
+    apart = []  # the weights' largest distance from the slow weights after steps 1, 2, 3
+    for _ in range(3):
+        state = t.train_chunk(state, data, 1)[0]
+        host = t.host_state(state)
+        apart.append(max(float(np.abs(a - b).max()) for a, b in zip(
+            jax.tree.leaves(host.params), jax.tree.leaves(host.opt_state.slow), strict=True)))
+    assert apart[1] < 1e-6 < 1e-4 < min(apart[0], apart[2])  # synced at step 2 (to rounding), not at 1 or 3
+    with pytest.raises(ConfigError, match=r"^--lookahead must be >= 1 \(or none: off\), got 0"):
+        TrainConfig(lookahead=0)
+
+
 def test_the_issue38_variants_run_as_the_user_types_them(fashion_tfds_dir, tmp_path):
     """The new flags through the ablation script's command (tiny runs): the 2x2 patch stem and alternating flips,
     recorded in each run's config; the flips' run evaluated with the shifted views too."""
@@ -313,3 +344,33 @@ def test_the_issue38_variants_run_as_the_user_types_them(fashion_tfds_dir, tmp_p
     assert [r["views"] for r in rows] == [[], ["flip", "shift"]] and rows[0]["mean_difference"] == 0
     assert rows[1]["val_accuracy"][0] == pytest.approx(report["runs"][-1]["val_accuracy"], abs=1 / 200)
     assert json.loads((tmp_path / "tta.json").read_text())["table"] == rows
+
+
+def test_the_optimizer_variants_run_and_resume_as_the_user_types_them(fashion_tfds_dir, tmp_path):
+    """``--bn-bias-lr`` and ``--lookahead`` through the ablation script's command (tiny runs), recorded in each
+    run's config; a lookahead run's state (its slow weights in the optimizer state) saved after one step and
+    resumed equals two steps straight."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    names = [n for n, _ in mod["ON_FAST"]]
+    first = names.index("+ batch-norm biases at 8x the learning rate")
+    report = mod["main"](["--smoke", "--table", "issue38", "--first", str(first), "--upto", str(first + 1),
+                          "--seeds", "0", "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir)])
+    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text())["train"] for r in report["runs"]]
+    assert [(c["bn_bias_lr"], c["lookahead"]) for c in configs] == [(8.0, None), (1.0, 5)]
+    assert all(0 <= r["val_accuracy"] <= 1 for r in report["runs"])
+    config = Config(train=TrainConfig(batch_size=32, lr=3e-3, microbatch=None, lookahead=3))
+
+    def trainer() -> Trainer:
+        return Trainer(_tiny(), config, len(DATA[0]), (28, 28, 1))
+
+    ref = trainer()
+    expected = ref.host_state(train(ref, DATA, 2))
+    a, ck = trainer(), RunCheckpointer(tmp_path / "ck")
+    ck.save(8, a.host_state(train(a, DATA, 1)), {})
+    ck.wait()
+    b = trainer()
+    got = b.host_state(train(b, DATA, 1, b.place_state(ck.restore(b.abstract_state()).state)))
+    ck.close()
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert int(got.opt_state.lookahead.steps_since_sync) == 16 % 3
