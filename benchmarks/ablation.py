@@ -51,6 +51,7 @@ ON_FAST: list[tuple[str, list[str]]] = [
     ("+ batch 64, lr 2e-3 (fast: 128, 3e-3)", ["--batch-size", "64", "--lr", "2e-3"]),
     ("+ batch-norm biases at 8x the learning rate", ["--bn-bias-lr", "8"]),
     ("+ lookahead every 5 steps (slow step 0.5)", ["--lookahead", "5"]),
+    ("+ whitening stem (frozen 3x3, no batch norm)", ["--stem", "whiten"]),
 ]
 #: ``name: (variants, cumulative)``.
 TABLES: dict[str, tuple[list[tuple[str, list[str]]], bool]] = {"issue22": (VARIANTS, True), "issue38": (ON_FAST, False)}

@@ -22,11 +22,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
-__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal", "dirac"]
+__all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal", "dirac",
+           "Frozen", "frozen_params", "whitening_kernel"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -62,23 +64,57 @@ def dirac(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax
     return lecun_normal(key, shape, dtype).at[..., :m].set(identity)
 
 
+class Frozen(nnx.Param):
+    """A parameter the optimizer leaves as it is (no gradient; :func:`frozen_params`); checkpointed like the
+    others."""
+
+
+def frozen_params(model: nnx.Module) -> dict[str, Any]:
+    """``model``'s parameter tree (pure dict, as :func:`cnn_jax.train_state.model_state`) of booleans: True at
+    its :class:`Frozen` parameters."""
+    state = nnx.state(model, nnx.Param)
+    marks = jax.tree.map(lambda v: isinstance(v, Frozen), state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return nnx.to_pure_dict(marks)
+
+
+def whitening_kernel(images: np.ndarray, size: int, channels: int, eps: float = 5e-4) -> np.ndarray:
+    """An HWIO kernel ``(size, size, C, channels)`` that whitens ``images``' ``size x size`` patches (airbench's
+    first layer): filters ``2j`` and ``2j+1`` are the ``j``-th principal direction of the patches (their uncentred
+    second moments, largest first) divided by ``sqrt(eigenvalue + eps)``, and its negative. ``images``
+    ``(N, H, W, C)`` float, standardised as the model sees them; ``channels`` even, at most ``2 * size**2 * C``."""
+    x = np.asarray(images, np.float64)
+    dims = size * size * x.shape[-1]
+    if channels % 2 or not 0 < channels <= 2 * dims:
+        raise ValueError(f"a whitening layer of {size}x{size} patches of {x.shape[-1]} channel(s) has an even number "
+                         f"of filters up to {2 * dims}, got {channels}")
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # (N, H', W', C, kh, kw)
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)  # (kh, kw, C): the kernel's HWI order
+    values, vectors = np.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    top = vectors[:, ::-1][:, :channels // 2] / np.sqrt(values[::-1][:channels // 2] + eps)
+    pairs = np.stack([top, -top], axis=-1).reshape(dims, channels)
+    return pairs.reshape(size, size, x.shape[-1], channels).astype(np.float32)
+
+
 class Conv(nnx.Module):
     """2D convolution layer over :func:`cnn_jax.ops.conv2d`; params ``kernel`` ``(kh, kw, in, out)`` (HWIO)
     and ``bias`` ``(out,)``, float32. Computes in the input's dtype (bf16 under mixed precision).
 
-    ``impl``: ``"native"``, ``"im2col"`` or None (:func:`cnn_jax.ops.default_impl`).
+    ``impl``: ``"native"``, ``"im2col"`` or None (:func:`cnn_jax.ops.default_impl`). ``frozen``: the kernel is
+    :class:`Frozen` (no gradient flows to it).
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int] = (3, 3), *,
                  strides: int = 1, padding: str = "VALID", use_bias: bool = True, impl: str | None = None,
-                 kernel_init: Callable[..., Any] = lecun_normal, rngs: nnx.Rngs):
+                 kernel_init: Callable[..., Any] = lecun_normal, frozen: bool = False, rngs: nnx.Rngs):
         shape = (*kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+        self.kernel = (Frozen if frozen else nnx.Param)(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.strides, self.padding, self.impl = strides, padding, impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(x.dtype)
+        if isinstance(self.kernel, Frozen):
+            kernel = jax.lax.stop_gradient(kernel)
         bias = None if self.bias is None else self.bias[...].astype(x.dtype)
         return conv2d(x, kernel, bias, stride=self.strides, padding=self.padding, impl=self.impl)
 
@@ -183,6 +219,9 @@ class ResNet(_Named):
     ``x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))``. ``stem="patch"``: the stem is a 2x2 stride-2 convolution (each
     2x2 patch to ``widths[0]`` channels: 28 -> 14 at once) and stage 1 does not pool, so no layer runs at 28x28;
     ``stem="pool"``: the stem as by default, then MaxPool 2, and stage 1 does not pool (only the stem at 28x28).
+    ``stem="whiten"``: the stem a frozen 3x3 convolution that whitens the images' patches (airbench's first layer,
+    :func:`whitening_kernel`, set by :meth:`init_from_data` from the training images before training), a
+    trainable bias, ReLU, no batch norm.
     ``init="dirac"``: every convolution after the stem starts as the identity on its first channels (:func:`dirac`).
     Then global max pool -> Dropout -> Dense(num_classes), the logits multiplied by ``logit_scale`` (small logits
     train faster with a high learning rate). Convs have no bias.
@@ -206,7 +245,15 @@ class ResNet(_Named):
             return self._add("Conv", conv), self._add("BatchNorm", _batch_norm(cout, momentum, bn_axis_name, rngs))
 
         patch = dict(kernel_size=(2, 2), strides=2, padding="VALID") if stem == "patch" else {}
-        self.stem = conv_bn(input_shape[-1], self.widths[0], kernel_init=lecun_normal, **patch)
+        if stem == "whiten":
+            if self.widths[0] % 2 or self.widths[0] > 18 * input_shape[-1]:
+                raise ValueError(f"stem 'whiten' makes the first width from 3x3 patches, each direction and its "
+                                 f"negative: an even number up to {18 * input_shape[-1]}, got {self.widths[0]} "
+                                 "(pick another first --widths)")
+            conv = Conv(input_shape[-1], self.widths[0], padding="SAME", frozen=True, impl=impl, rngs=rngs)
+            self.stem = (self._add("Conv", conv),)
+        else:
+            self.stem = conv_bn(input_shape[-1], self.widths[0], kernel_init=lecun_normal, **patch)
         stages = []
         for i, (cin, w) in enumerate(zip(self.widths, self.widths[1:], strict=False), start=1):
             first = conv_bn(cin, w)
@@ -215,7 +262,16 @@ class ResNet(_Named):
         self._add("Dropout", nnx.Dropout(dropout, deterministic=False, rngs=rngs))
         self._add("Dense", _dense(self.widths[-1], num_classes, rngs))
 
-    def _conv_bn(self, names: tuple[str, str], x: jax.Array, pool: bool = False) -> jax.Array:
+    def init_from_data(self, images: np.ndarray) -> None:
+        """Set what the model learns from data before training: the whitening stem's kernel (``stem="whiten"``)
+        from ``images`` ``(N, H, W, C)``, standardised as the model sees them; otherwise nothing."""
+        if self.stem_kind == "whiten":
+            conv = getattr(self, self.stem[0])
+            conv.kernel[...] = jnp.asarray(whitening_kernel(images, 3, self.widths[0]))
+
+    def _conv_bn(self, names: tuple[str, ...], x: jax.Array, pool: bool = False) -> jax.Array:
+        if len(names) == 1:  # the whitening stem: no batch norm
+            return self._run(names[0], x)
         conv, bn = names
         y = self._run(conv, x)
         return self._run(bn, max_pool(y, 2, impl=self.impl) if pool else y)
@@ -225,7 +281,7 @@ class ResNet(_Named):
         if self.stem_kind == "pool":
             x = max_pool(x, 2, impl=self.impl)
         for i, (first, block) in enumerate(self.stages):
-            x = jax.nn.relu(self._conv_bn(first, x, pool=i > 0 or self.stem_kind == "conv"))
+            x = jax.nn.relu(self._conv_bn(first, x, pool=i > 0 or self.stem_kind in ("conv", "whiten")))
             if block:
                 x = x + jax.nn.relu(self._conv_bn(block[1], jax.nn.relu(self._conv_bn(block[0], x))))
         x = self._run("Dropout_0", jnp.max(x, axis=(1, 2)), rngs=rngs)
@@ -233,8 +289,9 @@ class ResNet(_Named):
 
 
 #: :class:`ResNet`'s stems: ``conv`` (3x3 at full resolution), ``patch`` (2x2 stride 2: half resolution at once),
-#: ``pool`` (3x3 at full resolution, then pooled: stage 1 at half resolution).
-STEMS = ("conv", "patch", "pool")
+#: ``pool`` (3x3 at full resolution, then pooled: stage 1 at half resolution), ``whiten`` (a frozen 3x3 whitening
+#: layer, :func:`whitening_kernel`).
+STEMS = ("conv", "patch", "pool", "whiten")
 #: :class:`ResNet`'s initialisations of the convolutions after the stem.
 INITS = ("lecun", "dirac")
 
@@ -244,7 +301,8 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {"lab_cnn": LabCNN, "bn_cnn": BNC
 def register_model(name: str, factory: Callable[..., nnx.Module]) -> None:
     """Add ``factory`` under ``name``: an ``nnx.Module`` class, or a function returning one, that takes ``rngs=``,
     ``num_classes=``, ``input_shape=`` (one example, ``(H, W, C)``) and its own keyword arguments; the module is
-    called as ``model(x, rngs=...)`` (dropout keys; ``None`` in evaluation)."""
+    called as ``model(x, rngs=...)`` (dropout keys; ``None`` in evaluation). A model with an
+    ``init_from_data(images)`` method is given the first 5,000 training images, standardised, before training."""
     MODELS[name] = factory
 
 

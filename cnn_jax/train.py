@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from cnn_jax import parallel
 from cnn_jax import run_folder as folder
@@ -69,6 +70,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     splits, preprocess, eval_preprocess = load_data(config)
     train, val, test = splits.train, splits.val, splits.test
     model = build_model(config, splits.num_classes, train.images.shape[1:])
+    if hasattr(model, "init_from_data"):  # e.g. the ResNet's whitening stem: from the first 5,000 training images
+        model.init_from_data(np.asarray(eval_preprocess(None, train.images[:5000])))
     trainer = Trainer(model, config, len(train), train.images.shape[1:], preprocess, eval_preprocess)
     config = trainer.config  # "auto" made concrete (a new run: the rule), recorded below
     dataset = {"name": config.data.dataset, "num_train": len(train), "num_val": len(val), "num_test": len(test),

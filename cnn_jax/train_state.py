@@ -74,8 +74,8 @@ def eval_params(state: TrainState | Mapping[str, Any]) -> Any:
     return ema if ema else params
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedule | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedule | None = None,
+                   frozen: Any = None) -> optax.GradientTransformation:
     """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum at the learning
     rate ``schedule`` (default :func:`make_schedule` over ``total_steps``; a caller that logs the rate passes the
     one it built). The weights' average (``cfg.ema``) is the state's own field (:func:`update_ema`).
@@ -83,7 +83,8 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
     before the optimizer); for ``adamw`` it is decoupled. ``bn_bias_lr`` scales the updates of the batch-norm
     biases (the leaves ``BatchNorm_<i>/bias``, :mod:`cnn_jax.models`' names) last, so it multiplies their
-    learning rate (and, for ``adamw``, their decoupled decay).
+    learning rate (and, for ``adamw``, their decoupled decay). ``frozen``: the params' tree of booleans
+    (:func:`cnn_jax.models.frozen_params`); the True ones get zero updates (``optax.multi_transform``).
     """
     lr = make_schedule(cfg, total_steps) if schedule is None else schedule
     parts = []
@@ -101,6 +102,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
     if cfg.bn_bias_lr != 1:
         parts.append(optax.masked(optax.scale(cfg.bn_bias_lr), batch_norm_biases))
     tx = optax.chain(*parts)
+    if frozen is not None and any(jax.tree.leaves(frozen)):
+        labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen)
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return lookahead(tx, cfg.lookahead) if cfg.lookahead else tx
 
 

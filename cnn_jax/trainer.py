@@ -19,7 +19,7 @@ from flax import nnx
 from cnn_jax import parallel
 from cnn_jax.backend import auto_microbatch
 from cnn_jax.config import AUTO, Config, ConfigError
-from cnn_jax.models import get_model
+from cnn_jax.models import frozen_params, get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import (
     TrainState,
@@ -95,7 +95,7 @@ class Trainer:
         self.eval_preprocess = eval_preprocess or self.preprocess
         total = self.steps_per_epoch * max(cfg.epochs, 1)
         self.schedule = make_schedule(cfg, total)  # the learning rate by step: the optimizer's, and logged
-        self.tx = make_optimizer(cfg, total, schedule=self.schedule)
+        self.tx = make_optimizer(cfg, total, schedule=self.schedule, frozen=frozen_params(model))
         self.pmap = run.parallelism == "pmap"
         devices = list(devices) if devices is not None else (jax.local_devices() if self.pmap else jax.devices())
         self.devices = devices[:1] if run.parallelism == "none" else devices

@@ -192,3 +192,30 @@ def test_dirac_init_starts_the_convolutions_after_the_stem_as_the_identity():
         np.testing.assert_array_equal(k[1, 1, :m, :m], np.eye(m))
     with pytest.raises(ValueError, match="unknown init"):
         ResNet(init="zeros", rngs=nnx.Rngs(0))
+
+
+def test_whitening_stem_decorrelates_the_patches_and_is_frozen():
+    """``stem="whiten"``: the stem's kernel, set from data by ``init_from_data``, maps the images' 3x3 patches to
+    unit, uncorrelated second moments (each direction and its negative); it is the model's only frozen parameter
+    and no gradient reaches it."""
+    from cnn_jax.models import ResNet, frozen_params, whitening_kernel
+    from cnn_jax.ops import conv2d
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 28, 28, 1))
+    x = ((x + np.roll(x, 1, 1) + np.roll(x, 1, 2)) / 3).astype(np.float32)  # neighbouring pixels correlated
+    model = ResNet(widths=(8, 8, 8, 8), stem="whiten", rngs=nnx.Rngs(0))
+    model.init_from_data(x)
+    kernel = np.asarray(model.Conv_0.kernel[...])
+    np.testing.assert_array_equal(kernel, whitening_kernel(x, 3, 8))
+    np.testing.assert_array_equal(kernel[..., 1::2], -kernel[..., ::2])
+    y = np.asarray(conv2d(jnp.asarray(x), jnp.asarray(kernel), None, padding="VALID"))[..., ::2].reshape(-1, 4)
+    np.testing.assert_allclose(y.T @ y / len(y), np.eye(4), atol=0.01)
+    marks = frozen_params(model)
+    assert [k for k, v in marks.items() if any(jax.tree.leaves(v))] == ["Conv_0"] and marks["Conv_0"] == {
+        "kernel": True, "bias": False}
+    assert "BatchNorm_0" in marks and model(jnp.asarray(x[:2])).shape == (2, 10)  # the stages' batch norms only
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(x[:4])) ** 2))(model)
+    assert not np.any(grads["Conv_0"]["kernel"][...]) and np.any(grads["Conv_0"]["bias"][...])
+    with pytest.raises(ValueError, match=r"an even number up to 18, got 20 \(pick another first --widths\)"):
+        ResNet(widths=(20, 8, 8, 8), stem="whiten", rngs=nnx.Rngs(0))

@@ -374,3 +374,23 @@ def test_the_optimizer_variants_run_and_resume_as_the_user_types_them(fashion_tf
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(x, y)
     assert int(got.opt_state.lookahead.steps_since_sync) == 16 % 3
+
+
+def test_the_whitening_stem_runs_as_the_user_types_it(fashion_tfds_dir, tmp_path):
+    """``--stem whiten`` through the ablation script's command (a tiny run): the run's saved stem is the whitening
+    kernel of its first 5,000 standardised training images, unchanged by training (AdamW's decay included)."""
+    from cnn_jax.inference import load
+    from cnn_jax.models import whitening_kernel
+    from cnn_jax.trainer import load_data
+
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
+    i = [n for n, _ in mod["ON_FAST"]].index("+ whitening stem (frozen 3x3, no batch norm)")
+    report = mod["main"](["--smoke", "--table", "issue38", "--first", str(i), "--upto", str(i), "--seeds", "0",
+                          "--workdir", str(tmp_path), "--", "--data-dir", str(fashion_tfds_dir)])
+    run = load(report["runs"][0]["run_dir"], "latest")
+    assert run.config.model.stem == "whiten" and run.config.train.weight_decay > 0 and run.step > 0
+    splits, _, eval_preprocess = load_data(run.config)
+    expected = whitening_kernel(np.asarray(eval_preprocess(None, splits.train.images[:5000])), 3,
+                                run.config.model.widths[0])
+    np.testing.assert_array_equal(run.variables["params"]["Conv_0"]["kernel"], expected)
+    assert np.any(run.variables["params"]["Conv_0"]["bias"])  # the bias trains
