@@ -37,7 +37,7 @@ def _one_line(out: subprocess.CompletedProcess, code: int, *needles: str) -> str
     (["train", "--dataset", "emnist/digits", "--augment", "translate", "altflip"],
      ["--augment: altflip changes a digit's meaning; drop it for emnist/digits"]),
     (["train", "--stem", "patchy", "--preset", "fast"],
-     ["--stem must be one of ('conv', 'patch', 'pool'), got 'patchy'"]),
+     ["--stem must be one of ('conv', 'patch', 'pool', 'whiten'), got 'patchy'"]),
     (["train", "--stem", "patch"], ["--stem: model 'lab_cnn' has no stem parameter"]),
     (["train", "--lookahead", "0"], ["--lookahead must be >= 1 (or none: off), got 0"]),
     (["train", "--bn-bias-lr", "0"], ["--bn-bias-lr must be a finite number in (0, 1e6], got 0.0"]),
