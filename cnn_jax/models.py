@@ -82,17 +82,24 @@ def whitening_kernel(images: np.ndarray, size: int, channels: int, eps: float = 
     first layer): filters ``2j`` and ``2j+1`` are the ``j``-th principal direction of the patches (their uncentred
     second moments, largest first) divided by ``sqrt(eigenvalue + eps)``, and its negative. ``images``
     ``(N, H, W, C)`` float, standardised as the model sees them; ``channels`` even, at most ``2 * size**2 * C``."""
-    x = np.asarray(images, np.float64)
-    dims = size * size * x.shape[-1]
-    if channels % 2 or not 0 < channels <= 2 * dims:
-        raise ValueError(f"a whitening layer of {size}x{size} patches of {x.shape[-1]} channel(s) has an even number "
-                         f"of filters up to {2 * dims}, got {channels}")
-    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # (N, H', W', C, kh, kw)
-    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)  # (kh, kw, C): the kernel's HWI order
-    values, vectors = np.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    _check_whitening(size, images.shape[-1], channels)
+    dims, moments, count = size * size * images.shape[-1], 0.0, 0
+    for start in range(0, len(images), 500):  # 500 images' patches at a time (float64)
+        x = np.asarray(images[start:start + 500], np.float64)
+        windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # (n, H', W', C, kh, kw)
+        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)  # (kh, kw, C): the kernel's HWI order
+        moments, count = moments + patches.T @ patches, count + len(patches)
+    values, vectors = np.linalg.eigh(moments / count)  # ascending
     top = vectors[:, ::-1][:, :channels // 2] / np.sqrt(values[::-1][:channels // 2] + eps)
     pairs = np.stack([top, -top], axis=-1).reshape(dims, channels)
-    return pairs.reshape(size, size, x.shape[-1], channels).astype(np.float32)
+    return pairs.reshape(size, size, images.shape[-1], channels).astype(np.float32)
+
+
+def _check_whitening(size: int, in_channels: int, channels: int) -> None:
+    if channels % 2 or not 0 < channels <= 2 * size * size * in_channels:
+        raise ValueError(f"a whitening layer of {size}x{size} patches of {in_channels} channel(s) has an even number "
+                         f"of filters up to {2 * size * size * in_channels} (each direction and its negative), got "
+                         f"{channels}")
 
 
 class Conv(nnx.Module):
@@ -246,10 +253,10 @@ class ResNet(_Named):
 
         patch = dict(kernel_size=(2, 2), strides=2, padding="VALID") if stem == "patch" else {}
         if stem == "whiten":
-            if self.widths[0] % 2 or self.widths[0] > 18 * input_shape[-1]:
-                raise ValueError(f"stem 'whiten' makes the first width from 3x3 patches, each direction and its "
-                                 f"negative: an even number up to {18 * input_shape[-1]}, got {self.widths[0]} "
-                                 "(pick another first --widths)")
+            try:
+                _check_whitening(3, input_shape[-1], self.widths[0])
+            except ValueError as e:
+                raise ValueError(f"stem 'whiten': {e}; pick another first --widths") from None
             conv = Conv(input_shape[-1], self.widths[0], padding="SAME", frozen=True, impl=impl, rngs=rngs)
             self.stem = (self._add("Conv", conv),)
         else:

@@ -217,5 +217,7 @@ def test_whitening_stem_decorrelates_the_patches_and_is_frozen():
     assert "BatchNorm_0" in marks and model(jnp.asarray(x[:2])).shape == (2, 10)  # the stages' batch norms only
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(x[:4])) ** 2))(model)
     assert not np.any(grads["Conv_0"]["kernel"][...]) and np.any(grads["Conv_0"]["bias"][...])
-    with pytest.raises(ValueError, match=r"an even number up to 18, got 20 \(pick another first --widths\)"):
+    with pytest.raises(ValueError, match=r"^stem 'whiten': a whitening layer of 3x3 patches of 1 channel\(s\) has an "
+                       r"even number of filters up to 18 \(each direction and its negative\), got 20; pick another "
+                       r"first --widths"):
         ResNet(widths=(20, 8, 8, 8), stem="whiten", rngs=nnx.Rngs(0))
