@@ -83,5 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ratio']:.2f}x |" for r in rows]
     return emit("\n".join(lines) + "\n", report, a.json, a.markdown)
 
+
 if __name__ == "__main__":
     main()
