@@ -28,7 +28,7 @@ from flax import nnx
 from cnn_jax.ops import conv2d, dot_general, max_pool
 
 __all__ = ["Conv", "LabCNN", "BNCNN", "ResNet", "MODELS", "get_model", "register_model", "lecun_normal", "dirac",
-           "Frozen", "frozen_params", "whitening_kernel"]
+           "Frozen", "frozen_params", "batch_norm_biases", "whitening_kernel"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -75,6 +75,14 @@ def frozen_params(model: nnx.Module) -> dict[str, Any]:
     state = nnx.state(model, nnx.Param)
     marks = jax.tree.map(lambda v: isinstance(v, Frozen), state, is_leaf=lambda v: isinstance(v, nnx.Variable))
     return nnx.to_pure_dict(marks)
+
+
+def batch_norm_biases(model: nnx.Module) -> dict[str, Any]:
+    """``model``'s parameter tree (pure dict) of booleans: True at the ``bias`` of each ``nnx.BatchNorm``."""
+    norms = {path for path, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)}
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: path[-1].key == "bias" and tuple(k.key for k in path[:-1]) in norms, params)
 
 
 def whitening_kernel(images: np.ndarray, size: int, channels: int, eps: float = 5e-4) -> np.ndarray:

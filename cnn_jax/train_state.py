@@ -22,7 +22,7 @@ from flax import nnx
 
 from cnn_jax.config import TrainConfig
 
-__all__ = ["TrainState", "make_schedule", "make_optimizer", "batch_norm_biases", "lookahead", "LookaheadState",
+__all__ = ["TrainState", "make_schedule", "make_optimizer", "lookahead", "LookaheadState",
            "create_train_state", "model_variables", "update_ema", "eval_params", "seed_keys", "model_state", "bind",
            "STATE_LAYOUT", "LegacyTrainState", "legacy_layout", "from_legacy", "upgrade_saved"]
 
@@ -75,15 +75,15 @@ def eval_params(state: TrainState | Mapping[str, Any]) -> Any:
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedule | None = None,
-                   frozen: Any = None) -> optax.GradientTransformation:
+                   frozen: Any = None, bn_biases: Any = None) -> optax.GradientTransformation:
     """Optional global-norm clipping, then Adam / AdamW (decoupled decay) / SGD+Nesterov momentum at the learning
     rate ``schedule`` (default :func:`make_schedule` over ``total_steps``; a caller that logs the rate passes the
     one it built). The weights' average (``cfg.ema``) is the state's own field (:func:`update_ema`).
 
     For ``adam`` and ``sgd``, ``weight_decay`` is L2 added to the gradient (``add_decayed_weights``
     before the optimizer); for ``adamw`` it is decoupled. ``bn_bias_lr`` scales the updates of the batch-norm
-    biases (the leaves ``BatchNorm_<i>/bias``, :mod:`cnn_jax.models`' names) last, so it multiplies their
-    learning rate (and, for ``adamw``, their decoupled decay). ``frozen``: the params' tree of booleans
+    biases, the True leaves of ``bn_biases`` (:func:`cnn_jax.models.batch_norm_biases`), last, so it multiplies
+    their learning rate (and, for ``adamw``, their decoupled decay). ``frozen``: the params' tree of booleans
     (:func:`cnn_jax.models.frozen_params`); the True ones get zero updates (``optax.multi_transform``).
     """
     lr = make_schedule(cfg, total_steps) if schedule is None else schedule
@@ -100,7 +100,7 @@ def make_optimizer(cfg: TrainConfig, total_steps: int, *, schedule: optax.Schedu
         else:
             parts.append(optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
     if cfg.bn_bias_lr != 1:
-        parts.append(optax.masked(optax.scale(cfg.bn_bias_lr), batch_norm_biases))
+        parts.append(optax.masked(optax.scale(cfg.bn_bias_lr), bn_biases))
     tx = optax.chain(*parts)
     if frozen is not None and any(jax.tree.leaves(frozen)):
         labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen)
@@ -132,14 +132,6 @@ def lookahead(tx: optax.GradientTransformation, sync_period: int, slow_step: flo
         return both.fast, LookaheadState(inner_state, optax.apply_updates(state.slow, both.slow))
 
     return optax.GradientTransformation(init, update)
-
-
-def batch_norm_biases(params: Any) -> Any:
-    """``params``' tree of booleans: True at the batch-norm biases (``{"BatchNorm_0": {"bias": True, ...}}``)."""
-    def is_bn_bias(path: tuple[Any, ...], _: Any) -> bool:
-        keys = [getattr(k, "key", None) for k in path]
-        return keys[-1] == "bias" and len(keys) > 1 and str(keys[-2]).startswith("BatchNorm")
-    return jax.tree_util.tree_map_with_path(is_bn_bias, params)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -19,7 +19,7 @@ from flax import nnx
 from cnn_jax import parallel
 from cnn_jax.backend import auto_microbatch
 from cnn_jax.config import AUTO, Config, ConfigError
-from cnn_jax.models import frozen_params, get_model
+from cnn_jax.models import batch_norm_biases, frozen_params, get_model
 from cnn_jax.steps import COMPUTE_DTYPES, Preprocess, default_preprocess, evaluate, train_chunk, train_step
 from cnn_jax.train_state import (
     TrainState,
@@ -84,7 +84,8 @@ class Trainer:
                  devices: Sequence[jax.Device] | None = None):
         config = resolve_microbatch(config, model)
         cfg, run = config.train, config.run
-        if cfg.bn_bias_lr != 1 and not any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(model)):
+        bn_biases = batch_norm_biases(model)
+        if cfg.bn_bias_lr != 1 and not any(jax.tree.leaves(bn_biases)):
             raise ConfigError(f"--bn-bias-lr {cfg.bn_bias_lr:g}: model {config.model.name!r} has no batch norm; drop "
                               "it, or pick a model with batch norm (--model bn_cnn or resnet)")
         self.config, self.cfg, self.input_shape = config, cfg, tuple(input_shape)
@@ -95,7 +96,7 @@ class Trainer:
         self.eval_preprocess = eval_preprocess or self.preprocess
         total = self.steps_per_epoch * max(cfg.epochs, 1)
         self.schedule = make_schedule(cfg, total)  # the learning rate by step: the optimizer's, and logged
-        self.tx = make_optimizer(cfg, total, schedule=self.schedule, frozen=frozen_params(model))
+        self.tx = make_optimizer(cfg, total, schedule=self.schedule, frozen=frozen_params(model), bn_biases=bn_biases)
         self.pmap = run.parallelism == "pmap"
         devices = list(devices) if devices is not None else (jax.local_devices() if self.pmap else jax.devices())
         self.devices = devices[:1] if run.parallelism == "none" else devices
