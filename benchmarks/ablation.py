@@ -31,7 +31,7 @@ from cnn_jax.files import write_json
 
 #: Issue 22's table: ``(name, flags added to the previous variants')``, in order. The first names the base preset.
 VARIANTS: list[tuple[str, list[str]]] = [
-    ("best preset, 12 epochs", ["--preset", "best", "--epochs", "12"]),
+    ("2026-11 best preset (BN-CNN), 12 epochs", ["--preset", "best-2026-11", "--epochs", "12"]),
     ("+ ResNet 16-32-64-128 (DAWNBench shape)", ["--model", "resnet", "--widths", "16", "32", "64", "128"]),
     ("+ weight average (EMA 0.99)", ["--ema", "0.99"]),
     ("+ label smoothing 0.2", ["--label-smoothing", "0.2"]),

@@ -33,13 +33,10 @@ from common import gemm_peak_gflops, machine  # benchmarks/ (the script's folder
 from cnn_jax.files import write_json
 
 THRESHOLDS = (0.92, 0.93, 0.94, 0.95)
-#: The ``best`` preset of 2026-11-24, the baseline of issue 22, pinned flag by flag so that it stays what it was
-#: when the presets change: BN-CNN 48/96/192, shifts + flips, AdamW one-cycle 24 epochs, label smoothing, flip
-#: TTA, 32-image micro-batches.
-BEST_2026_11 = ["--preset", "lab", "--model", "bn_cnn", "--widths", "48", "96", "192", "--dropout", "0.2",
-                "--conv-dropout", "0", "--augment", "translate", "flip", "--tta", "flip", "--optimizer", "adamw",
-                "--lr", "3e-3", "--schedule", "onecycle", "--epochs", "24", "--weight-decay", "5e-4",
-                "--label-smoothing", "0.05", "--clip", "1.0", "--microbatch", "32"]
+#: The ``best`` preset of 2026-11-24, the baseline of issues 22 and 38 (BN-CNN 48/96/192, shifts + flips, AdamW
+#: one-cycle 24 epochs, label smoothing, flip TTA, 32-image micro-batches), kept under its own name since ``best``
+#: moved on.
+BEST_2026_11 = ["--preset", "best-2026-11"]
 #: Each setting's experiment flags. ``f32``/``bf16``: the 2026-11 ``best`` in float32 / bfloat16 compute;
 #: ``fast``/``best``: today's presets.
 SETTINGS: dict[str, list[str]] = {

@@ -29,7 +29,8 @@ def _one_line(out: subprocess.CompletedProcess, code: int, *needles: str) -> str
 @pytest.mark.parametrize(("argv", "needles"), [
     (["train", "--epochs", "abc"], ["--epochs: invalid int value: 'abc'", "cnn-jax train --dataset fashion_mnist "
                                                                            "--help lists the flags"]),
-    (["train", "--preset", "labb"], ["--preset: unknown preset 'labb'; choose from ['best', 'fast', 'lab']"]),
+    (["train", "--preset", "labb"],
+     ["--preset: unknown preset 'labb'; choose from ['best', 'best-2026-11', 'fast', 'lab']"]),
     (["train", "--lr", "nan"], ["--lr must be a finite number > 0, got nan"]),
     (["train", "--lr", "1e300"], ["--lr must be at most 3.4e38 (float32's largest number"]),  # inf in float32
     (["train", "--clip", "1e39"], ["--clip must be at most 3.4e38"]),

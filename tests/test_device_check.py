@@ -66,7 +66,8 @@ def test_smoke_run_without_tfds_writes_its_json_and_table(tmp_path):
 
     tta = report["time_to_accuracy"]  # the preset through the Trainer API on the IDX files
     assert tta["config"]["train"]["epochs"] == 2 and tta["epochs_run"] == 2 and tta["num_train"] == 256
-    assert tta["config"]["model"]["name"] == "bn_cnn" and tta["microbatch"] == 32  # the best preset, on CPU
+    best = PRESETS["best"]  # the preset, on CPU
+    assert tta["config"]["model"]["name"] == best.model.name and tta["microbatch"] == best.train.microbatch
     assert tta["compile_train_s"] > 0 and tta["step_s"] > 0 and tta["threshold"] == 0.94
     assert [h["epoch"] for h in tta["history"]] == [1, 2] and 0 <= tta["final_test_accuracy"] <= 1
     assert tta["reached"] == (tta["final_test_accuracy"] >= 0.94)

@@ -184,6 +184,25 @@ def test_config_checks_and_older_records():
     assert differences(saved, Config(train=TrainConfig(ema=0.99))) == ["train.ema: saved None, now 0.99"]
 
 
+def test_best_is_fast_trained_longer_and_the_2026_11_best_keeps_its_recipe(tmp_path):
+    """Issue 38 moved ``best`` to ``fast``'s ResNet at 24 epochs; the BN-CNN recipe it was (the time-to-accuracy
+    baseline, pinned flag by flag here as the benchmark pinned it until then) is ``best-2026-11``."""
+    from cnn_jax.cli import parse
+
+    flags_2026_11 = ["--preset", "lab", "--model", "bn_cnn", "--widths", "48", "96", "192", "--dropout", "0.2",
+                     "--conv-dropout", "0", "--augment", "translate", "flip", "--tta", "flip", "--optimizer", "adamw",
+                     "--lr", "3e-3", "--schedule", "onecycle", "--epochs", "24", "--weight-decay", "5e-4",
+                     "--label-smoothing", "0.05", "--clip", "1.0", "--microbatch", "32"]
+    pinned, _, _ = parse("fashion_mnist", [*flags_2026_11, "--workdir", str(tmp_path)])
+    named, run_dir, _ = parse("fashion_mnist", ["--preset", "best-2026-11", "--workdir", str(tmp_path)])
+    assert named == pinned and run_dir == tmp_path / "best-2026-11"
+    best, fast = PRESETS["best"], PRESETS["fast"]
+    assert (best.data, best.model) == (fast.data, fast.model) and best.model.name == "resnet"
+    assert best.train == fast.train.replace(epochs=24) and fast.train.epochs == 12
+    tta = runpy.run_path(str(ROOT / "benchmarks" / "time_to_accuracy.py"), run_name="bench")
+    assert tta["SETTINGS"]["f32"][:2] == ["--preset", "best-2026-11"]
+
+
 def test_ablation_tables_add_variants_cumulatively_or_one_at_a_time():
     """``--table issue22``: variant i has the flags of variants 0..i; ``issue38``: variant 0's and its own."""
     mod = runpy.run_path(str(ROOT / "benchmarks" / "ablation.py"), run_name="bench")
