@@ -56,10 +56,9 @@ def test_fashion_mnist_lab_end_to_end(fashion_tfds_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
 def test_fashion_mnist_bn_cnn_preset_script(fashion_tfds_dir, tmp_path, precision):
-    """The 2026-11 `best` (BN-CNN) under its own name, resuming in the run folder `best` that it wrote then."""
+    """The 2026-11 `best` (BN-CNN) under its own name, in a run folder named `best`, as its runs of then are."""
     cmd = [sys.executable, str(ROOT / "experiments" / "fashion_mnist.py"), "--preset", "best-2026-11", "--run", "best",
-           *TINY,
-           "--widths", "8", "16", "16", "--precision", precision, "--data-dir", str(fashion_tfds_dir),
+           *TINY, "--widths", "8", "16", "16", "--precision", precision, "--data-dir", str(fashion_tfds_dir),
            "--workdir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT),
                                                                                "PATH": "/usr/bin:/bin",
@@ -105,12 +104,15 @@ def test_fashion_mnist_bn_cnn_preset_script(fashion_tfds_dir, tmp_path, precisio
     np.testing.assert_array_equal(lm.logits(test.images[:7], batch_size=4)[4:], four[:3])
     np.testing.assert_array_equal(lm.logits(test.images[4:5], batch_size=4), four[:1])
     # today's `best` (the ResNet) refuses that folder, naming what differs, and leaves it as it was
-    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "best").rglob("*"))
+    def listing() -> list:
+        return sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "best").rglob("*"))
+
+    before = listing()
     with pytest.raises(SystemExit) as refused:
         run("fashion_mnist", ["--preset", "best", "--run", "best", *TINY, "--precision", precision,
                               "--data-dir", str(fashion_tfds_dir), "--workdir", str(tmp_path)])
     assert "model.name: saved 'bn_cnn', now 'resnet'" in str(refused.value.code)
-    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "best").rglob("*")) == before
+    assert listing() == before
 
 
 def test_emnist_digits_on_synthetic_nist_zip(tmp_path):
